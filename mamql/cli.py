@@ -1,0 +1,67 @@
+"""The one console command, `mamql`, with a subcommand per job.
+
+Each subcommand lives next to the code it drives, in a module with `register(subparsers)`; this file
+only lists those modules. Command modules import heavy dependencies (torch, grpc) inside their
+handlers so that `mamql --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import mamql
+
+# Modules that register subcommands, in the order `mamql --help` lists them.
+COMMAND_MODULES = [
+    "mamql.commands",
+]
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """The `--config FILE` and repeated `--set section.key=value` options every job accepts."""
+    parser.add_argument("--config", default=None, help="YAML config file (sections: env, replay, ...)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set replay.capacity=10",
+    )
+
+
+def config_from_args(args: argparse.Namespace):
+    from mamql.config import load_config
+
+    return load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mamql", description=mamql.__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from mamql.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"mamql: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

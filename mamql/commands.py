@@ -1,0 +1,33 @@
+"""Core subcommands: `mamql version` and `mamql config show`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from mamql.cli import add_config_args
+
+    version = sub.add_parser("version", help="print the mamql version")
+    version.set_defaults(func=_version)
+
+    config = sub.add_parser("config", help="inspect configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config as YAML")
+    add_config_args(show)
+    show.set_defaults(func=_config_show)
+
+
+def _version(args: argparse.Namespace) -> int:
+    import mamql
+
+    print(f"mamql {mamql.__version__}")
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from mamql.cli import config_from_args
+    from mamql.config import dump_config
+
+    print(dump_config(config_from_args(args)), end="")
+    return 0

@@ -1,0 +1,267 @@
+"""Typed configuration: one frozen dataclass per section, loaded from YAML, overridden by `--set`.
+
+Every process reads the same file, so a run is described by one document (`mamql config show`
+prints it resolved). Unknown keys and wrong types fail loudly at load time rather than at use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not match the schema."""
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One replay table. Vocabulary follows Reverb (sampler, remover, rate limiter)."""
+
+    name: str = "online"
+    capacity: int = 100_000  # transitions; storage is preallocated at this size
+    sampler: str = "uniform"  # uniform | fifo | lifo (most recent)
+    remover: str = "fifo"
+    min_size_to_sample: int = 1
+    samples_per_insert: float = 0.0  # 0 = no ratio limit
+    error_buffer: float = 0.0  # allowed deviation from samples_per_insert, in samples
+    read_only: bool = False  # expert demonstrations: loaded once, never written by actors
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    name: str = "gems"
+    seed: int = 0
+    kwargs: dict = field(default_factory=dict)  # passed to envs.make
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    host: str = "127.0.0.1"
+    port: int = 7100  # 0 = pick a free port
+    tables: tuple[TableConfig, ...] = (
+        TableConfig(name="expert", capacity=50_000, read_only=True),
+        TableConfig(name="online", capacity=100_000),
+    )
+    capacity: int = 100_000  # default capacity for tables created without an explicit config
+    max_message_mb: int = 64
+    reject_nan: bool = True
+    wait_timeout_s: float = 30.0  # upper bound on any rate-limiter wait
+    checkpoint_dir: str = ""  # empty = run_dir/checkpoints/replay
+    checkpoint_on_exit: bool = True
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    num_envs: int = 8
+    mode: str = "learned"  # learned | expert | random
+    expert: str = "scripted"
+    epsilon: float = 0.0
+    temperature: float = 1.0  # Boltzmann alpha
+    send_batch_size: int = 256  # transitions per Insert message
+    send_queue_batches: int = 64  # bounded buffer while replay is slow or away
+    table: str = "online"
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    algo: str = "mamql"  # mamql | iqlma | bc
+    device: str = "auto"  # auto | cpu | cuda
+    steps: int = 2_000
+    batch_size: int = 256  # per agent, per source (expert and online)
+    lr: float = 1e-3
+    gamma: float = 0.99
+    alpha: float = 1.0  # Boltzmann temperature
+    weight_decay: float = -1.0  # < 0 = the env's default from the paper
+    hidden: tuple[int, ...] = ()  # () = the env's default architecture
+    value_term: str = "value"  # value | expert | v0
+    chi2_on_policy: bool = True
+    log_every: int = 50
+    checkpoint_every: int = 500
+    torch_threads: int = 0  # 0 = cores left after actors
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    host: str = "127.0.0.1"
+    port: int = 7200
+    publish_every: int = 10  # learner updates between versions
+    dtype: str = "float32"  # float32 | bfloat16 | float16 on the wire
+    max_message_mb: int = 64
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = pick a free port; processes report the one they bound
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    token: str = ""  # shared secret sent as `authorization: Bearer <token>` metadata
+    token_file: str = ""
+    insecure_no_auth: bool = True  # only allowed on loopback addresses
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""  # set to require client certificates (mTLS)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    root: str = "runs"
+    seed: int = 0
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# --------------------------------------------------------------------------- building from data
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """Coerce a YAML value to `hint` where lossless (int -> float, list -> tuple), else fail."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} does not match {hint}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        return tuple(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join((where + '.' if where else '') + k for k in unknown)}; "
+            f"valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _merge(base: dict, update: Mapping) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    path, raw = text.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if len(keys) < 2:
+        raise ConfigError(f"override {text!r} must name a section and a key (e.g. replay.capacity=10)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from None
+    return keys, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then `--set` overrides, validated as a whole."""
+    data: dict = to_dict(Config())
+    if path:
+        text = Path(path).read_text()
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        data = _merge(data, loaded)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a section")
+            node = node[key]
+        node[keys[-1]] = value
+    return _build(Config, data)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def with_updates(config: Config, **sections: Mapping[str, Any]) -> Config:
+    """A copy with some section fields replaced, validated like a file (used by launchers)."""
+    data = to_dict(config)
+    for name, values in sections.items():
+        data[name] = _merge(data[name], values)
+    return _build(Config, data)
