@@ -1,0 +1,194 @@
+"""gRPC plumbing every mamql service and client shares: limits, auth, TLS, health, shutdown.
+
+Kept beside the generated contracts so that the core (mamql/) stays free of grpc imports.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import socket
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+log = logging.getLogger("mamql.rpc")
+
+AUTH_HEADER = "authorization"
+
+
+def message_options(max_message_mb: int) -> list[tuple[str, int]]:
+    limit = int(max_message_mb) * 1024 * 1024
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+    ]
+
+
+def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
+    """Message limits plus keepalive, so a dead peer is noticed within ~30 s even on idle streams."""
+    return message_options(max_message_mb) + [
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+@dataclass(frozen=True)
+class Security:
+    """Token and TLS settings resolved from the `auth` config section."""
+
+    token: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+
+    @classmethod
+    def from_config(cls, auth) -> "Security":
+        token = auth.token
+        if auth.token_file:
+            token = Path(auth.token_file).read_text().strip()
+        return cls(token=token, tls_cert=auth.tls_cert, tls_key=auth.tls_key, tls_ca=auth.tls_ca)
+
+    def check_bind(self, host: str, insecure_no_auth: bool) -> None:
+        """Refuse to serve without a token on a non-loopback address."""
+        if self.token or is_loopback(host):
+            return
+        if not insecure_no_auth:
+            raise ValueError(f"refusing to serve on {host} without auth.token (or auth.insecure_no_auth)")
+        log.warning("serving on %s WITHOUT authentication (auth.insecure_no_auth=true)", host)
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((AUTH_HEADER, f"Bearer {self.token}"),) if self.token else ()
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Rejects calls without `authorization: Bearer <token>` with UNAUTHENTICATED (constant-time compare).
+
+    Health checks stay open so that Kubernetes probes need no secret.
+    """
+
+    OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+    def __init__(self, token: str, on_reject: Callable[[str], None] | None = None):
+        self._expected = f"Bearer {token}".encode()
+        self._on_reject = on_reject
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method.startswith(self.OPEN_PREFIXES):
+            return continuation(handler_call_details)
+        supplied = dict(handler_call_details.invocation_metadata or ()).get(AUTH_HEADER, "")
+        if hmac.compare_digest(supplied.encode(), self._expected):
+            return continuation(handler_call_details)
+        log.warning("rejected unauthenticated call to %s", method)
+        if self._on_reject:
+            self._on_reject(method)
+        return _deny(continuation(handler_call_details))
+
+
+def _deny(handler):
+    def abort(request_or_iterator, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong auth token")
+
+    if handler is None:
+        return None
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort)
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+def make_server(
+    security: Security,
+    max_message_mb: int,
+    max_workers: int = 32,
+    on_reject: Callable[[str], None] | None = None,
+) -> tuple[grpc.Server, health.HealthServicer]:
+    """A thread-pool server with message limits, auth when a token is set, and grpc.health.v1."""
+    interceptors = [TokenAuthInterceptor(security.token, on_reject)] if security.token else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=interceptors,
+        options=message_options(max_message_mb),
+        maximum_concurrent_rpcs=max_workers * 4,
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer
+
+
+def bind(server: grpc.Server, security: Security, host: str, port: int) -> int:
+    """Bind host:port (0 = a free port) with TLS when configured; returns the bound port."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if security.tls_cert:
+        key = Path(security.tls_key).read_bytes()
+        cert = Path(security.tls_cert).read_bytes()
+        ca = Path(security.tls_ca).read_bytes() if security.tls_ca else None
+        creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=bool(ca))
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
+    if not bound:
+        raise OSError(f"could not bind gRPC server to {address}")
+    return bound
+
+
+def set_serving(health_servicer: health.HealthServicer, services: list[str], serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in [""] + services:
+        health_servicer.set(name, status)
+
+
+def make_channel(
+    address: str,
+    security: Security,
+    max_message_mb: int,
+    tls_client_cert: str = "",
+    tls_client_key: str = "",
+) -> grpc.Channel:
+    """A channel to `address` (host:port) with the same limits, TLS when a CA is configured."""
+    options = channel_options(max_message_mb)
+    if security.tls_ca or security.tls_cert:
+        ca = Path(security.tls_ca or security.tls_cert).read_bytes()
+        key = Path(tls_client_key).read_bytes() if tls_client_key else None
+        cert = Path(tls_client_cert).read_bytes() if tls_client_cert else None
+        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        return grpc.secure_channel(address, creds, options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def health_check(address: str, service: str = "", timeout: float = 2.0) -> bool:
+    """True when the server at `address` answers SERVING for `service`."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for launchers that must tell children their ports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
