@@ -247,8 +247,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         keys, value = parse_override(text)
         node = data
-        for key in keys[:-1]:
-            if not isinstance(node.get(key), dict):
+        for depth, key in enumerate(keys[:-1]):
+            if key not in node:
+                raise ConfigError(
+                    f"override {text!r}: unknown key {'.'.join(keys[:depth + 1])}; valid keys: {', '.join(node)}"
+                )
+            if not isinstance(node[key], dict):
                 raise ConfigError(f"override {text!r}: {key!r} is not a section")
             node = node[key]
         node[keys[-1]] = value
