@@ -32,6 +32,7 @@ class TableConfig:
     samples_per_insert: float = 0.0  # 0 = no ratio limit
     error_buffer: float = 0.0  # allowed deviation from samples_per_insert, in samples
     read_only: bool = False  # expert demonstrations: loaded once, never written by actors
+    schema: dict = field(default_factory=dict)  # field -> [dtype, [dims]]; empty = fixed by the first insert
 
 
 @dataclass(frozen=True)
