@@ -1,0 +1,138 @@
+"""The weight service: the learner publishes versioned policy weights, actors subscribe.
+
+It is hosted inside the learner process (one fewer process to deploy and no extra hop for the
+largest messages the system sends); `Publish` also accepts versions over gRPC, so the same service
+can run stand-alone if several learners ever feed one fleet. Subscribers always receive the newest
+version: when the learner publishes faster than a slow actor reads, intermediate versions are
+skipped, never reordered. Imports no torch: weights arrive here as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Iterator, Mapping
+
+import grpc
+import numpy as np
+
+from mamql.codec import CodecError
+from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS
+from mamql.weights import WeightAssembler, split_weights
+from protos import weights_pb2, weights_pb2_grpc
+
+log = logging.getLogger("mamql.weights")
+
+SERVICE_NAME = "mamql.v1.WeightService"
+
+
+class WeightStore:
+    """The latest version's chunks and a condition subscribers wait on."""
+
+    def __init__(self, max_chunk_bytes: int = 4 << 20):
+        self.max_chunk_bytes = max_chunk_bytes
+        self._cond = threading.Condition()
+        self._version = 0
+        self._chunks: list[weights_pb2.WeightChunk] = []
+        self._closed = False
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def publish(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        version: int | None = None,
+        dtypes: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        with self._cond:
+            version = self._version + 1 if version is None else version
+        chunks = split_weights(tensors, version, self.max_chunk_bytes, dtypes, metadata)
+        self.publish_chunks(chunks)
+        return version
+
+    def publish_chunks(self, chunks: list[weights_pb2.WeightChunk]) -> None:
+        version = chunks[0].version
+        with self._cond:
+            if version <= self._version:
+                raise ValueError(f"version {version} is not newer than the latest {self._version}")
+            self._version, self._chunks = version, chunks
+            self._cond.notify_all()
+
+    def wait_newer(self, after: int, timeout: float) -> tuple[int, list[weights_pb2.WeightChunk]] | None:
+        """The latest version if newer than `after`, waiting at most `timeout` seconds."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._version > after or self._closed, timeout=timeout)
+            if self._version > after:
+                return self._version, self._chunks
+            return None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
+    def __init__(self, store: WeightStore, registry=None, max_bytes: int = 1 << 31):
+        self.store = store
+        self.max_bytes = max_bytes
+        self._subscribers = Gauge(
+            "mamql_weights_subscribers", "Actors subscribed to weight updates", registry=registry
+        )
+        self._sent = Counter(
+            "mamql_weights_versions_sent_total", "Weight versions sent to subscribers", registry=registry
+        )
+        self._version = Gauge("mamql_weights_version", "Latest published weight version", registry=registry)
+        self._version.set_function(lambda: self.store.version)
+        self._publish_bytes = Histogram(
+            "mamql_weights_publish_bytes", "Payload of a published version",
+            buckets=(1e4, 1e5, 1e6, 1e7, 1e8, 1e9), registry=registry,
+        )
+
+    def Publish(self, request_iterator, context):
+        assembler = WeightAssembler(self.max_bytes)
+        chunks = []
+        try:
+            for chunk in request_iterator:
+                chunks.append(chunk)
+                done = assembler.add(chunk)
+                if done is not None:
+                    self.store.publish_chunks(chunks)
+                    self._publish_bytes.observe(done.nbytes)
+                    return weights_pb2.PublishResponse(version=done.version, bytes=done.nbytes)
+        except CodecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before a chunk with last=true")
+
+    def Subscribe(self, request, context) -> Iterator[weights_pb2.WeightChunk]:
+        after = request.after_version
+        self._subscribers.inc()
+        try:
+            while context.is_active():
+                newer = self.store.wait_newer(after, timeout=0.5)
+                if newer is None:
+                    continue
+                after, chunks = newer
+                yield from chunks
+                self._sent.inc()
+        finally:
+            self._subscribers.dec()
+
+    def GetLatest(self, request, context):
+        newer = self.store.wait_newer(0, timeout=0)
+        if newer is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no weights published yet")
+        yield from newer[1]
+
+
+def serve_weights(store: WeightStore, server: grpc.Server, registry=None, max_bytes: int = 1 << 31) -> WeightServicer:
+    servicer = WeightServicer(store, registry, max_bytes)
+    weights_pb2_grpc.add_WeightServiceServicer_to_server(servicer, server)
+    return servicer
+
+
