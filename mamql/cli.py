@@ -16,6 +16,7 @@ import mamql
 # Modules that register subcommands, in the order `mamql --help` lists them.
 COMMAND_MODULES = [
     "mamql.commands",
+    "envs.cli",
 ]
 
 
