@@ -17,6 +17,7 @@ import mamql
 COMMAND_MODULES = [
     "mamql.commands",
     "envs.cli",
+    "replay.cli",
 ]
 
 

@@ -1,0 +1,48 @@
+"""`mamql replay`: run the replay service until SIGTERM/SIGINT, then shut down cleanly (exit 0)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from mamql.cli import add_config_args
+
+    p = sub.add_parser("replay", help="serve replay tables over gRPC")
+    add_config_args(p)
+    p.add_argument("--restore", default=None, metavar="DIR", help="load a replay checkpoint before serving")
+    p.add_argument("--port-file", default=None, metavar="FILE", help="write the bound gRPC port here")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get on shutdown")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from mamql.cli import config_from_args
+    from mamql.log import setup_logging
+    from replay.server import ReplayServer
+
+    config = config_from_args(args)
+    log = setup_logging("replay", config.run.log_level)
+    server = ReplayServer(config, restore=args.restore)
+    port = server.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.port_file:
+        tmp = f"{args.port_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{port}\n")
+        os.replace(tmp, args.port_file)  # readers never see a half-written file
+    metrics = f", metrics on port {server.metrics_server.port}" if server.metrics_server else ""
+    print(f"replay listening on {config.replay.host}:{port}{metrics}", flush=True)
+    while not stop.wait(1.0):
+        pass
+    log.info("signal received: shutting down")
+    path = server.stop(grace=args.grace)
+    if path:
+        print(f"replay final checkpoint: {path}", flush=True)
+    return 0

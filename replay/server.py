@@ -1,0 +1,190 @@
+"""The replay gRPC service: a thin shell around LocalReplay (status codes, streams, shutdown).
+
+Every request is decoded and validated before it touches a table; a refused request ends its RPC
+with a status code (see replay.errors) and leaves the tables and the server as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from mamql.codec import CodecError, decode_batch, encode_batch, encode_tensor
+from mamql.config import Config
+from mamql.metrics import MetricsServer, new_registry
+from protos import replay_pb2, replay_pb2_grpc
+from protos.rpc import Security, bind, make_server, set_serving
+from replay import checkpoint
+from replay.errors import InvalidArgument, ReplayError, Unavailable
+from replay.local import LocalReplay
+
+log = logging.getLogger("mamql.replay")
+SERVICE_NAME = "mamql.v1.ReplayService"
+
+
+def _status(context, exc: ReplayError):
+    message = exc.args[0] if exc.args else exc.code
+    context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN), message)
+
+
+class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
+    def __init__(self, replay: LocalReplay, max_bytes: int, checkpoint_dir: str):
+        self.replay = replay
+        self.max_bytes = max_bytes
+        self.checkpoint_dir = checkpoint_dir
+        self.stopping = threading.Event()
+        self._ckpt_lock = threading.Lock()
+
+    def _clients(self, delta: int) -> None:
+        if self.replay.metrics is not None:
+            self.replay.metrics.connected_clients.inc(delta)
+
+    def _timeout(self, seconds: float, context) -> float | None:
+        timeout = float(seconds) if seconds > 0 else None
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        return timeout
+
+    def _decode(self, msg) -> dict:
+        try:
+            return decode_batch(msg, self.max_bytes)
+        except CodecError as exc:
+            self.replay.reject("invalid_argument")
+            raise InvalidArgument(f"undecodable batch: {exc}") from None
+
+    def Insert(self, request_iterator, context):
+        self._clients(1)
+        try:
+            for req in request_iterator:
+                if self.stopping.is_set():
+                    _status(context, Unavailable("replay server is shutting down"))
+                try:
+                    table = self.replay.table(req.table)  # NOT_FOUND before decoding
+                    batch = self._decode(req.batch)
+                    n = self.replay.insert(table.name, batch, self._timeout(req.timeout_seconds, context))
+                except ReplayError as exc:
+                    if exc.code == "NOT_FOUND":
+                        self.replay.reject("not_found")
+                    _status(context, exc)
+                yield replay_pb2.InsertAck(sequence=req.sequence, inserted=n, table_size=table.size)
+        finally:
+            self._clients(-1)
+
+    def Sample(self, request, context):
+        self._clients(1)
+        try:
+            sent = 0
+            while request.num_batches == 0 or sent < request.num_batches:
+                if self.stopping.is_set() or not context.is_active():
+                    return
+                try:
+                    if request.batch_size == 0:
+                        raise InvalidArgument("batch_size must be positive")
+                    sample = self.replay.sample(
+                        request.table, request.batch_size, self._timeout(request.timeout_seconds, context)
+                    )
+                except ReplayError as exc:
+                    if exc.code == "NOT_FOUND":
+                        self.replay.reject("not_found")
+                    _status(context, exc)
+                yield replay_pb2.SampleResponse(batch=encode_batch(sample.batch), keys=encode_tensor(sample.keys))
+                sent += 1
+        finally:
+            self._clients(-1)
+
+    def Info(self, request, context):
+        try:
+            tables = [self.replay.table(request.table)] if request.table else list(self.replay.tables.values())
+        except ReplayError as exc:
+            _status(context, exc)
+        out = replay_pb2.InfoResponse()
+        for t in tables:
+            i = t.info()
+            status = out.tables.add(name=i.name, size=i.size, capacity=i.capacity, bytes=i.bytes,
+                                    inserted=i.inserted, sampled=i.sampled, sampler=t.sampler.name)
+            for name, (dtype, shape) in i.schema.items():
+                status.schema.add(name=name, dtype=dtype, shape=list(shape))
+        return out
+
+    def Checkpoint(self, request, context):
+        path = request.path or self.checkpoint_dir
+        try:
+            return replay_pb2.CheckpointResponse(path=path, transitions=self.checkpoint(path))
+        except OSError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, f"checkpoint to {path} failed: {exc}")
+
+    def checkpoint(self, path: str) -> int:
+        with self._ckpt_lock:  # one writer at a time; tables stay available meanwhile
+            start = time.monotonic()
+            n = checkpoint.save(self.replay.snapshot(), path)
+            log.info("checkpoint: %d transitions to %s in %.2fs", n, path, time.monotonic() - start)
+            return n
+
+
+def default_checkpoint_dir(config: Config) -> str:
+    return config.replay.checkpoint_dir or str(Path(config.run.root) / config.run.name / "checkpoints" / "replay")
+
+
+class ReplayServer:
+    """The service plus its /metrics endpoint; in-process for tests (`start()` -> port, `stop()`)."""
+
+    def __init__(self, config: Config, registry=None, restore: str | None = None, max_workers: int = 32):
+        self.config = config
+        self.registry = registry if registry is not None else new_registry()
+        self.replay = LocalReplay(config.replay, registry=self.registry)
+        if restore:
+            self.replay.restore(checkpoint.load(restore))
+            log.info("restored %s from %s", {n: t.size for n, t in self.replay.tables.items()}, restore)
+        self.security = Security.from_config(config.auth)
+        self.security.check_bind(config.replay.host, config.auth.insecure_no_auth)
+        self.servicer = ReplayServicer(self.replay, config.replay.max_message_mb << 20, default_checkpoint_dir(config))
+        self.server, self.health = make_server(
+            self.security, config.replay.max_message_mb, max_workers=max_workers,
+            on_reject=lambda method: self.replay.reject("unauthenticated"),
+        )
+        replay_pb2_grpc.add_ReplayServiceServicer_to_server(self.servicer, self.server)
+        self.port = 0
+        self.metrics_server: MetricsServer | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.replay.host}:{self.port}"
+
+    def start(self) -> int:
+        self.port = bind(self.server, self.security, self.config.replay.host, self.config.replay.port)
+        self.server.start()
+        set_serving(self.health, [SERVICE_NAME], True)
+        if self.config.metrics.enabled:
+            self.metrics_server = MetricsServer(self.registry, self.config.metrics.host, self.config.metrics.port)
+        log.info("replay serving on %s (tables: %s)", self.address, ", ".join(self.replay.tables))
+        return self.port
+
+    def stop(self, grace: float = 5.0, final_checkpoint: bool | None = None) -> str | None:
+        """NOT_SERVING, refuse new RPCs, let in-flight ones finish for `grace` s, then wake any
+        rate-limiter waiters, optionally write a final checkpoint. Returns its path, if written."""
+        if self._stopped.is_set():
+            return None
+        self._stopped.set()
+        set_serving(self.health, [SERVICE_NAME], False)
+        self.servicer.stopping.set()
+        done = self.server.stop(grace)
+        if not done.wait(grace + 1.0):
+            log.warning("in-flight RPCs still running after %.1fs grace", grace)
+        self.replay.close()
+        done.wait(5.0)
+        path = None
+        if self.config.replay.checkpoint_on_exit if final_checkpoint is None else final_checkpoint:
+            path = self.servicer.checkpoint_dir
+            self.servicer.checkpoint(path)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        return path
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
