@@ -74,15 +74,15 @@ def gems_true_reward(state: GemsState, actions, size: int = 15) -> np.ndarray:
     return gems_transition(state, actions, size)[1]
 
 
+_PLANE_OF_COLOUR = (np.array([2, 3, 4]), np.array([3, 2, 4]))  # per agent: gem colour -> plane
+
+
 def gems_observation(state: GemsState, agent: int, size: int = 15) -> np.ndarray:
     """The [5, size, size] uint8 planes agent `agent` sees (order in PLANES)."""
     planes = np.zeros((5, size, size), dtype=np.uint8)
-    other = 1 - agent
-    planes[0, state.agent_pos[agent, 0], state.agent_pos[agent, 1]] = 1
-    planes[1, state.agent_pos[other, 0], state.agent_pos[other, 1]] = 1
-    for plane, colour in ((2, agent), (3, other), (4, PURPLE)):
-        cells = state.gem_pos[state.gem_color == colour]
-        planes[plane, cells[:, 0], cells[:, 1]] = 1
+    order = [agent, 1 - agent]
+    planes[[0, 1], state.agent_pos[order, 0], state.agent_pos[order, 1]] = 1
+    planes[_PLANE_OF_COLOUR[agent][state.gem_color], state.gem_pos[:, 0], state.gem_pos[:, 1]] = 1
     return planes
 
 

@@ -17,7 +17,7 @@ from envs.registry import make
 
 @dataclass(frozen=True)
 class VectorStep:
-    obs: dict[str, np.ndarray]  # [K, *shape], after auto-reset
+    obs: dict[str, np.ndarray]  # [K, *shape], after auto-reset (the same arrays as next_obs if none ended)
     next_obs: dict[str, np.ndarray]  # [K, *shape], before auto-reset
     rewards: dict[str, np.ndarray]  # [K] float32
     terminated: np.ndarray  # [K] bool
@@ -30,7 +30,8 @@ class VectorStep:
 
 
 class VectorEnv:
-    """`VectorEnv(name, num_envs, seed)`: copy k is seeded with seed + k on the first reset."""
+    """`VectorEnv(name, num_envs, seed)`: copy k is reset with seed + k by `reset()`; auto-resets continue
+    each copy's own rng, so a run is reproducible. Returned arrays are fresh each step, never reused."""
 
     def __init__(self, name: str, num_envs: int, seed: int = 0, episode_id_start: int = 0, **kwargs):
         self.envs = [make(name, **kwargs) for _ in range(num_envs)]

@@ -131,3 +131,30 @@ def test_render_ansi():
 def test_rejects_unknown_render_mode(bad):
     with pytest.raises(ValueError):
         GemsEnv(render_mode=bad)
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cells=st.lists(st.integers(0, 224), min_size=6, max_size=6, unique=True),
+    colours=st.lists(st.sampled_from([RED, BLUE, PURPLE]), min_size=4, max_size=4),
+    actions=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+    shared=st.booleans(),
+)
+def test_env_reward_equals_true_reward(cells, colours, actions, shared):
+    rc = [list(divmod(c, 15)) for c in cells]
+    agents = [rc[0], rc[0] if shared else rc[1]]
+    s = state(agents, [r + [col] for r, col in zip(rc[2:], colours)])
+    expected = gems_true_reward(s, list(actions))
+    env = env_at(s)
+    _, rew, *_ = env.step({"agent_0": actions[0], "agent_1": actions[1]})
+    assert [rew["agent_0"], rew["agent_1"]] == expected.tolist()
+    assert set(expected.tolist()) <= {0.0, 1.0, 6.0}  # one gem per cell: never own + purple at once
+    assert env.state.collected - s.collected == int(sum(r > 0 for r in expected)) - int(
+        expected[0] == 6 and (env.state.agent_pos[0] == env.state.agent_pos[1]).all()
+    )
+    cells_after = {tuple(c) for c in env.state.gem_pos.tolist()}
+    assert len(cells_after) == len(s.gem_pos)  # respawned gems never stack
