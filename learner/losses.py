@@ -28,7 +28,7 @@ V(s') must still be bootstrapped there.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -266,3 +266,56 @@ def affine_fit_metrics(pred: Tensor, true: Tensor) -> dict[str, float]:
         "scale": float(scale),
         "shift": float(shift),
     }
+
+
+def epic_canonicalize(
+    reward_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+    obs: Tensor,
+    actions: Tensor,
+    next_obs: Tensor,
+    state_pool: Tensor,
+    action_pool: Tensor,
+    gamma: float,
+) -> Tensor:
+    """EPIC canonical form (Gleave et al. 2021) of a reward on a batch of transitions:
+
+        C(R)(s,a,s') = R(s,a,s') + E[gamma R(s',A,S') - R(s,A,S') - gamma R(S,A,S')],
+
+    S, S' drawn from `state_pool` and A from `action_pool`, independently (we average over the full
+    product of the pools: reward_fn sees (2 len(obs) + len(state_pool)) * len(action_pool) *
+    len(state_pool) rows, so keep pools small). Any potential shaping Phi(s) - gamma Phi(s') cancels exactly, so canonical forms
+    compare rewards modulo shaping. reward_fn(obs [B,...], actions [B], next_obs [B,...]) -> [B].
+    Terminal transitions: C uses pool states as successors, so shaping through a terminal s' (where
+    Phi(s') counts as 0) is not removed; evaluate on non-terminal transitions or accept that."""
+    m, k = state_pool.shape[0], action_pool.shape[0]
+
+    def mean_from(origin: Tensor) -> Tensor:
+        # E_{A, S'}[R(origin_i, A, S')] for each row i: [len(origin)]
+        rows = origin.shape[0]
+        o = origin.repeat_interleave(k * m, dim=0)
+        a = action_pool.repeat_interleave(m, dim=0).repeat(rows)
+        s2 = state_pool.repeat(rows * k, *([1] * (state_pool.ndim - 1)))
+        return reward_fn(o, a, s2).reshape(rows, k * m).mean(1)
+
+    r = reward_fn(obs, actions, next_obs)
+    const = mean_from(state_pool).mean()  # E[R(S, A, S')]
+    return r + gamma * mean_from(next_obs) - mean_from(obs) - gamma * const
+
+
+@torch.no_grad()
+def epic_canonical_correlation(
+    reward_fn_a: Callable[[Tensor, Tensor, Tensor], Tensor],
+    reward_fn_b: Callable[[Tensor, Tensor, Tensor], Tensor],
+    obs: Tensor,
+    actions: Tensor,
+    next_obs: Tensor,
+    state_pool: Tensor,
+    action_pool: Tensor,
+    gamma: float,
+) -> float:
+    """Pearson correlation of two rewards' EPIC canonical forms on the given transitions: a
+    shaping-invariant comparison (1 = same reward up to shaping and positive scale). Report it next
+    to the raw correlation, saying which is which. EPIC's distance is sqrt((1 - rho) / 2)."""
+    ca = epic_canonicalize(reward_fn_a, obs, actions, next_obs, state_pool, action_pool, gamma)
+    cb = epic_canonicalize(reward_fn_b, obs, actions, next_obs, state_pool, action_pool, gamma)
+    return affine_fit_metrics(ca, cb)["pearson"]

@@ -220,3 +220,27 @@ def test_affine_fit_metrics():
     # a constant prediction explains nothing: mse = var(true)
     m = affine_fit_metrics(torch.ones(4), true)
     assert math.isnan(m["pearson"]) and m["mse"] == pytest.approx(float(true.var(unbiased=False)))
+
+
+def test_epic_canonical_correlation_ignores_shaping():
+    from learner.losses import epic_canonical_correlation, epic_canonicalize
+
+    g = torch.Generator().manual_seed(3)
+    n_s, n_a, gamma = 6, 3, 0.9
+    table = torch.randn(n_s, n_a, n_s, generator=g, dtype=torch.float64)
+    phi = 3 * torch.randn(n_s, generator=g, dtype=torch.float64)
+    true = lambda s, a, s2: table[s, a, s2]
+    shaped = lambda s, a, s2: 2.0 * (table[s, a, s2] + gamma * phi[s2] - phi[s]) + 0.7
+    other = torch.randn(n_s, n_a, n_s, generator=g, dtype=torch.float64)
+    s = torch.randint(0, n_s, (200,), generator=g)
+    a = torch.randint(0, n_a, (200,), generator=g)
+    s2 = torch.randint(0, n_s, (200,), generator=g)
+    pool_s, pool_a = torch.arange(n_s), torch.arange(n_a)
+    # canonical forms agree exactly (up to the positive scale 2)
+    c1 = epic_canonicalize(true, s, a, s2, pool_s, pool_a, gamma)
+    c2 = epic_canonicalize(shaped, s, a, s2, pool_s, pool_a, gamma)
+    assert torch.allclose(c2, 2.0 * c1)
+    assert epic_canonical_correlation(true, shaped, s, a, s2, pool_s, pool_a, gamma) == pytest.approx(1.0)
+    assert affine_fit_metrics(shaped(s, a, s2), true(s, a, s2))["pearson"] < 0.9  # raw one is fooled
+    rho = epic_canonical_correlation(true, lambda s, a, s2: other[s, a, s2], s, a, s2, pool_s, pool_a, gamma)
+    assert abs(rho) < 0.5
