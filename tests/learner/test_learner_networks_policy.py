@@ -183,3 +183,15 @@ def test_no_torn_weights_under_concurrent_swaps():
     stop.set()
     t.join()
     assert not bad
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from learner.checkpoint import load_critic_state, read_metadata, save_critics
+
+    a, b = build_critics(GEMS, hidden=(16,)), build_critics(GEMS, hidden=(16,))
+    save_critics(tmp_path / "ckpt" / "critics.safetensors", a, {"step": 12, "algo": "mamql"})
+    state = load_critic_state(tmp_path / "ckpt" / "critics.safetensors")
+    for agent, module in b.items():
+        module.load_state_dict(state[agent])
+    assert all(torch.equal(v, flatten_weights(a)[k]) for k, v in flatten_weights(b).items())
+    assert read_metadata(tmp_path / "ckpt" / "critics.safetensors") == {"step": "12", "algo": "mamql"}
