@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "mamql.commands",
     "envs.cli",
     "replay.cli",
+    "actors.cli",
 ]
 
 

@@ -1,0 +1,212 @@
+"""The actor process: step K env copies, act, stream transitions to replay, swap in new weights.
+
+One loop, in this order each step: apply the newest complete weight version if one arrived (between
+steps, so a step never mixes versions), act for all K copies in one batched call, step the envs,
+tag the transitions with actor id and the policy version that acted, and hand full batches to the
+replay writer (bounded queue: when replay is slow or away the loop blocks on back-pressure instead
+of growing memory). The policy is a learned Boltzmann policy, a scripted expert (demo collection)
+or uniform random play (seeding the online table before the first weights exist).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.registry import env_spec
+from envs.vector import VectorEnv, transition_batch
+from mamql.batch import concat
+from mamql.config import Config
+from mamql.metrics import Counter, Gauge, Histogram
+from mamql.weights import WeightSet
+
+log = logging.getLogger("mamql.actor")
+
+EXPERT_VERSION = -1  # policy_version of transitions from a scripted expert
+RANDOM_VERSION = 0  # policy_version of uniform random play (no weights yet)
+
+
+class RandomPolicy:
+    """Uniform random actions: the policy before the first weights arrive."""
+
+    def __init__(self, num_actions: dict[str, int], seed: int):
+        self.num_actions = num_actions
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs):
+        return {a: self.rng.integers(0, n, size=len(obs[a])).astype(np.int64) for a, n in self.num_actions.items()}
+
+
+def weights_to_torch(weights: WeightSet) -> dict:
+    """numpy arrays from the wire -> float32 torch tensors (bfloat16 arrives as uint16 words)."""
+    import torch
+
+    out = {}
+    for name, array in weights.tensors.items():
+        if weights.dtypes.get(name) == "bfloat16":
+            out[name] = torch.from_numpy(array.astype(np.int16)).view(torch.bfloat16).float()
+        else:
+            out[name] = torch.from_numpy(np.array(array, dtype=np.float32))
+    return out
+
+
+@dataclass
+class ActorStats:
+    env_steps: int = 0  # transitions produced (K per vector step)
+    episodes: int = 0
+    batches_sent: int = 0
+    weight_version: int = 0
+    versions_applied: int = 0
+
+
+class ActorMetrics:
+    def __init__(self, registry, agents: list[str]):
+        self.env_steps = Counter("mamql_actor_env_steps", "Environment transitions produced", registry=registry)
+        self.episodes = Counter("mamql_actor_episodes", "Episodes finished", registry=registry)
+        self.episode_return = Histogram(
+            "mamql_actor_episode_return", "Return per finished episode", ["agent"],
+            buckets=(-10, -1, 0, 1, 2, 5, 10, 15, 20, 40, 80, 160), registry=registry,
+        )
+        self.last_return = Gauge("mamql_actor_last_episode_return", "Return of the latest episode", ["agent"], registry=registry)
+        self.weight_version = Gauge("mamql_actor_weight_version", "Weight version the actor acts with", registry=registry)
+        self.step_seconds = Histogram(
+            "mamql_actor_step_seconds", "Time of one vector step (act + env step)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0), registry=registry,
+        )
+        self.send_blocked = Counter(
+            "mamql_actor_send_blocked_seconds", "Time the loop waited on a full send queue", registry=registry
+        )
+        for agent in agents:
+            self.last_return.labels(agent)
+
+
+class Actor:
+    """Runs the actor loop for one process. `writer` needs `put(batch, timeout)` that raises
+    TimeoutError when its bounded queue stays full (replay.writer.ReplayWriter); `subscriber`
+    (optional) needs `take() -> WeightSet | None` and `applied(WeightSet)`."""
+
+    def __init__(self, config: Config, actor_id: int, writer, subscriber=None, registry=None, policy=None):
+        self.config, self.actor_id = config, actor_id
+        self.writer, self.subscriber = writer, subscriber
+        env_kwargs = dict(config.env.kwargs)
+        self.spec = env_spec(config.env.name, **env_kwargs)
+        seed = config.env.seed + 100_003 * actor_id
+        self.env = VectorEnv(
+            config.env.name, config.actor.num_envs, seed=seed, episode_id_start=actor_id << 40, **env_kwargs
+        )
+        self.stats = ActorStats()
+        self.metrics = ActorMetrics(registry, list(self.spec.agents)) if registry is not None else None
+        self._stop = threading.Event()
+        self._random = RandomPolicy(dict(self.spec.num_actions), seed)
+        mode = config.actor.mode
+        self.learned = None
+        if policy is not None:
+            self.policy, self.version = policy, EXPERT_VERSION
+        elif mode == "expert":
+            from envs.experts import make_expert
+
+            self.policy, self.version = make_expert(config.env.name, kind=config.actor.expert, seed=seed), EXPERT_VERSION
+        elif mode == "random":
+            self.policy, self.version = self._random, RANDOM_VERSION
+        elif mode == "learned":
+            self.learned = self._build_learned(seed)
+            self.policy, self.version = self._random, RANDOM_VERSION
+        else:
+            raise ValueError(f"actor.mode must be learned, expert or random, got {mode!r}")
+        self.recent_returns: list[dict[str, float]] = []
+
+    def _build_learned(self, seed: int):
+        import torch
+
+        from learner.networks import build_critics, build_joint_critics
+        from learner.policy import BoltzmannPolicy
+
+        torch.set_num_threads(max(1, self.config.actor.torch_threads))
+        build = build_joint_critics if self.config.learner.algo == "iqlma" else build_critics
+        critics = build(self.spec, self.config.learner.hidden or None)
+        return BoltzmannPolicy(
+            critics, alpha=self.config.actor.temperature, mode="sample", epsilon=self.config.actor.epsilon, seed=seed
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _maybe_apply_weights(self) -> None:
+        if self.subscriber is None or self.learned is None:
+            return
+        weights = self.subscriber.take()
+        if weights is None or weights.version <= self.version:
+            return
+        self.learned.load_flat(weights_to_torch(weights), version=weights.version)
+        self.policy, self.version = self.learned, weights.version
+        self.subscriber.applied(weights)
+        self.stats.weight_version = weights.version
+        self.stats.versions_applied += 1
+        if self.metrics:
+            self.metrics.weight_version.set(weights.version)
+
+    def run(self, max_steps: int = 0, send_timeout: float = 1.0) -> ActorStats:
+        """Step until stop() or `max_steps` transitions (0 = forever); flushes what is buffered."""
+        obs = self.env.reset()
+        pending: list[dict] = []
+        pending_rows = 0
+        send_size = self.config.actor.send_batch_size
+        K = self.env.num_envs
+        while not self._stop.is_set() and not (max_steps and self.stats.env_steps >= max_steps):
+            started = time.perf_counter()
+            self._maybe_apply_weights()
+            actions = self.policy.act(obs)
+            result = self.env.step(actions)
+            batch = transition_batch(obs, actions, result)
+            batch["actor_id"] = np.full(K, self.actor_id, np.int32)
+            batch["policy_version"] = np.full(K, self.version, np.int64)
+            pending.append(batch)
+            pending_rows += K
+            obs = result.obs
+            self.stats.env_steps += K
+            if self.metrics:
+                self.metrics.env_steps.inc(K)
+                self.metrics.step_seconds.observe(time.perf_counter() - started)
+            self._record_episodes(result)
+            if pending_rows >= send_size:
+                self._send(concat(pending), send_timeout)
+                pending, pending_rows = [], 0
+        if pending:
+            self._send(concat(pending), send_timeout)
+        return self.stats
+
+    def _send(self, batch: dict, timeout: float) -> None:
+        """Hand a batch to the writer, waiting out back-pressure (but still honouring stop())."""
+        started = time.perf_counter()
+        while True:
+            try:
+                self.writer.put(batch, timeout=timeout)
+                break
+            except TimeoutError:
+                if self._stop.is_set():
+                    log.warning("dropping %d unsent transitions at shutdown: replay is not accepting", len(batch["done"]))
+                    return
+                log.warning("replay send queue full for %.1fs; waiting (back-pressure)", time.perf_counter() - started)
+        self.stats.batches_sent += 1
+        if self.metrics:
+            self.metrics.send_blocked.inc(time.perf_counter() - started)
+
+    def _record_episodes(self, result) -> None:
+        finished = len(result.finished_ids)
+        if not finished:
+            return
+        self.stats.episodes += finished
+        for i in range(finished):
+            returns = {a: float(r[i]) for a, r in result.episode_returns.items()}
+            self.recent_returns.append(returns)
+            if self.metrics:
+                for agent, value in returns.items():
+                    self.metrics.episode_return.labels(agent).observe(value)
+                    self.metrics.last_return.labels(agent).set(value)
+        del self.recent_returns[:-100]
+        if self.metrics:
+            self.metrics.episodes.inc(finished)
