@@ -25,10 +25,18 @@ def run(args: argparse.Namespace) -> int:
     from mamql.log import setup_logging
     from replay.server import ReplayServer
 
+    import sys
+
+    from replay.checkpoint import CheckpointError
+
     config = config_from_args(args)
     log = setup_logging("replay", config.run.log_level)
-    server = ReplayServer(config, restore=args.restore)
-    port = server.start()
+    try:
+        server = ReplayServer(config, restore=args.restore)
+        port = server.start()
+    except (CheckpointError, ValueError, OSError) as exc:
+        print(f"mamql replay: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

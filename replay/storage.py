@@ -19,7 +19,11 @@ class RingStorage:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self.capacity = int(capacity)
         self.schema: Schema = {k: (str(d), tuple(int(x) for x in s)) for k, (d, s) in schema.items()}
-        self.arrays = {k: np.zeros((self.capacity, *s), dtype=d) for k, (d, s) in self.schema.items()}
+        # np.zeros maps pages lazily and every first write would page-fault (~10x slower inserts);
+        # touching the memory once here makes the preallocation real.
+        self.arrays = {k: np.empty((self.capacity, *s), dtype=d) for k, (d, s) in self.schema.items()}
+        for arr in self.arrays.values():
+            arr.fill(0)
         self.next_key = 0  # key of the next insert == transitions ever written
         self.size = 0
 
