@@ -54,3 +54,17 @@ def run(args: argparse.Namespace) -> int:
     if path:
         print(f"replay final checkpoint: {path}", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m replay.cli [options]`: the same as `mamql replay`, without loading other commands."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m replay.cli")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["replay", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
