@@ -82,10 +82,18 @@ class LearnerConfig:
     alpha: float = 1.0  # Boltzmann temperature
     weight_decay: float = -1.0  # < 0 = the env's default from the paper
     hidden: tuple[int, ...] = ()  # () = the env's default architecture
-    value_term: str = "value"  # value | expert | v0
+    value_term: str = "value"  # value | online | expert | v0 (see learner.losses.mamql_loss)
     chi2_on_policy: bool = True
     log_every: int = 50
     checkpoint_every: int = 500
+    # single-process trainer (learner.trainer); the distributed learner reads the replay service instead
+    expert_transitions: int = 20_000  # demos collected in-process when no --demos file is given
+    seed_transitions: int = 4_096  # random-policy transitions put in the online table before training
+    online_capacity: int = 20_000  # FIFO capacity of the trainer's in-process online table
+    rollout_steps_per_update: int = 4  # vector-env steps (x actor.num_envs transitions) per iteration
+    eval_every: int = 250  # iterations between evaluations (0 = only at the end)
+    eval_episodes: int = 16  # episodes per evaluation and mode (greedy, sample)
+    keep_checkpoints: int = 3  # newest learner checkpoints kept in runs/<name>/checkpoints
     torch_threads: int = 0  # 0 = cores left after actors
     compile: bool = False
 

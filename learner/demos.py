@@ -1,0 +1,105 @@
+"""Small expert-demonstration files: collect with the scripted expert, save/load as one `.npz`.
+
+A later issue adds the sharded on-disk dataset format for large collections; this is the minimal
+version the single-process trainer and the tests need. Arrays use the mamql.batch field names, so a
+loaded batch goes straight into a replay table. No pickle anywhere: np.savez + allow_pickle=False,
+and the metadata travels as a JSON string inside the archive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+METADATA_KEY = "__metadata_json__"
+
+
+def collect_demos(
+    env_name: str,
+    transitions: int,
+    seed: int = 0,
+    epsilon: float = 0.0,
+    num_envs: int = 16,
+    env_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run the scripted expert in a VectorEnv until at least `transitions` steps of COMPLETE
+    episodes exist, order them episode by episode (in the order they finished), and cut to exactly
+    `transitions` rows. Only the last kept episode may be cut short; its final row then keeps
+    done=False, which is correct (a cut is not a terminal state). Returns (batch, summary); the
+    summary's returns are over the complete episodes collected (the expert's quality)."""
+    from envs.experts import make_expert
+    from envs.vector import VectorEnv, transition_batch
+
+    kwargs = dict(env_kwargs or {})
+    env = VectorEnv(env_name, num_envs, seed=seed, **kwargs)
+    expert = make_expert(env_name, kind="scripted", seed=seed, epsilon=epsilon, **kwargs)
+    steps: list[dict[str, np.ndarray]] = []
+    finished: list[int] = []  # episode ids in the order they ended
+    returns: dict[str, list[float]] = {a: [] for a in env.agents}
+    lengths: list[int] = []
+    done_rows = 0
+    obs = env.reset()
+    try:
+        while done_rows < transitions:
+            actions = expert.act(obs)
+            result = env.step(actions)
+            steps.append(transition_batch(obs, actions, result))
+            obs = result.obs
+            finished.extend(int(e) for e in result.finished_ids)
+            for a in env.agents:
+                returns[a].extend(float(r) for r in result.episode_returns[a])
+            lengths.extend(int(n) for n in result.episode_lengths)
+            done_rows += int(result.episode_lengths.sum())
+    finally:
+        env.close()
+    batch = {k: np.concatenate([s[k] for s in steps]) for k in steps[0]}
+    rank = np.full(int(batch["episode_id"].max()) + 1, -1, dtype=np.int64)
+    rank[np.asarray(finished, dtype=np.int64)] = np.arange(len(finished))
+    row_rank = rank[batch["episode_id"]]
+    keep = np.flatnonzero(row_rank >= 0)
+    order = keep[np.lexsort((batch["step"][keep], row_rank[keep]))][:transitions]
+    batch = {k: np.ascontiguousarray(v[order]) for k, v in batch.items()}
+    summary = {
+        "env": env_name,
+        "env_kwargs": kwargs,
+        "expert": "scripted",
+        "epsilon": float(epsilon),
+        "seed": int(seed),
+        "transitions": int(len(order)),
+        "episodes_collected": len(finished),
+        "episodes_in_batch": int(len(np.unique(batch["episode_id"]))),
+        "mean_episode_length": float(np.mean(lengths)),
+        "mean_return": {a: float(np.mean(r)) for a, r in returns.items()},
+        "std_return": {a: float(np.std(r)) for a, r in returns.items()},
+    }
+    return batch, summary
+
+
+def save_demos(path: str | Path, batch: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> Path:
+    """One uncompressed `.npz` (field name -> array) plus the JSON metadata; atomic (temp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if METADATA_KEY in batch:
+        raise ValueError(f"{METADATA_KEY!r} is reserved for the metadata")
+    arrays = {k: np.asarray(v) for k, v in batch.items()}
+    for k, v in arrays.items():
+        if v.dtype == object:
+            raise ValueError(f"field {k!r} has dtype object; demos hold plain numeric arrays only")
+    arrays[METADATA_KEY] = np.array(json.dumps(dict(metadata), sort_keys=True))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_demos(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(batch, metadata) from save_demos' file, read with allow_pickle=False."""
+    with np.load(Path(path), allow_pickle=False) as data:
+        batch = {k: data[k] for k in data.files if k != METADATA_KEY}
+        metadata = json.loads(str(data[METADATA_KEY])) if METADATA_KEY in data.files else {}
+    return batch, metadata

@@ -1,0 +1,192 @@
+"""Evaluation: returns of the learned policies, and how well the recovered rewards match the true ones.
+
+Returns: BoltzmannPolicy over the critics, greedy (argmax Q) or sampled (alpha), one episode per
+vector-env copy so short episodes are not over-represented, fixed eval seeds (comparable across
+checkpoints, disjoint from the training seeds).
+
+Reward recovery on expert data, per agent:
+  raw      r^_i = Q_i(s, a_i) - gamma (1 - done) V_i(s') against the env's `reward/<agent>`:
+           Pearson correlation and MSE after a least-squares affine map (learner.losses.
+           affine_fit_metrics). NOT shaping-invariant: a good reward can score low here.
+  epic     Pearson correlation of the EPIC canonical forms (Gleave et al. 2021) of r^_i and the true
+           reward on non-terminal expert transitions: invariant to potential-based shaping and to
+           positive scale, the comparison inverse soft-Q learning can be judged by. Needs the true
+           reward as a function of (s, a, s'); Gems has one (from the observation planes), other
+           envs report None.
+IQL-MA critics are compared on the joint action they were trained on; BC logits are treated as Q.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from learner.losses import affine_fit_metrics, epic_canonical_correlation, recover_reward_from_q, soft_value
+from learner.networks import JointCritic
+from learner.policy import BoltzmannPolicy
+from learner.updater import Updater, make_updater, read_checkpoint
+
+EVAL_SEED = 1_000_003  # eval envs never share seeds with training envs
+
+
+def config_from_extra(extra: Mapping[str, Any]):
+    """The run's Config from a checkpoint's extra["config_json"]."""
+    from mamql.config import Config, with_updates
+
+    return with_updates(Config(), **json.loads(extra["config_json"]))
+
+
+def load_updater(path: str | Path, device: str = "cpu") -> tuple[Updater, dict]:
+    """Rebuild the Updater a checkpoint came from (spec and config are stored in it)."""
+    from envs import env_spec
+
+    ckpt = read_checkpoint(path)
+    config = config_from_extra(ckpt["extra"])
+    spec = env_spec(config.env.name, **config.env.kwargs)
+    updater = make_updater(spec, config.learner, device)
+    updater.load_state_dict(ckpt["updater"])
+    return updater, dict(ckpt["extra"])
+
+
+def run_episodes(policy: Any, env_name: str, episodes: int, seed: int = EVAL_SEED,
+                 env_kwargs: Mapping[str, Any] | None = None, max_envs: int = 32) -> dict[str, Any]:
+    """Mean (and std) return per agent over `episodes` episodes: the first episode of each copy."""
+    from envs.vector import VectorEnv
+
+    returns: dict[str, list[float]] = {}
+    lengths: list[int] = []
+    done = 0
+    while done < episodes:
+        k = min(max_envs, episodes - done)
+        env = VectorEnv(env_name, k, seed=seed + done, **dict(env_kwargs or {}))
+        try:
+            obs = env.reset()
+            first = np.zeros(k, dtype=bool)
+            start_ids = env.episode_id.copy()
+            while not first.all():
+                result = env.step(policy.act(obs))
+                obs = result.obs
+                for j, eid in enumerate(result.finished_ids):
+                    slot = int(np.flatnonzero(start_ids == eid)[0]) if (start_ids == eid).any() else -1
+                    if slot >= 0 and not first[slot]:
+                        first[slot] = True
+                        for a, r in result.episode_returns.items():
+                            returns.setdefault(a, []).append(float(r[j]))
+                        lengths.append(int(result.episode_lengths[j]))
+        finally:
+            env.close()
+        done += k
+    return {
+        "mean_return": {a: float(np.mean(r)) for a, r in returns.items()},
+        "std_return": {a: float(np.std(r)) for a, r in returns.items()},
+        "mean_length": float(np.mean(lengths)),
+        "episodes": len(lengths),
+    }
+
+
+def policy_from(source: Any, mode: str = "greedy", alpha: float | None = None, seed: int = EVAL_SEED) -> BoltzmannPolicy:
+    """A CPU BoltzmannPolicy on a COPY of the updater's weights (training never sees eval mode)."""
+    updater = load_updater(source)[0] if isinstance(source, (str, Path)) else source
+    from envs import env_spec  # noqa: F401  (spec is on the updater)
+    from learner.networks import build_critics, build_joint_critics
+
+    build = build_joint_critics if updater.algo == "iqlma" else build_critics
+    critics = build(updater.spec, tuple(updater.config.hidden) or None)
+    policy = BoltzmannPolicy(critics, alpha=updater.alpha if alpha is None else alpha, mode=mode, seed=seed)
+    policy.load_flat(updater.policy_weights())
+    return policy
+
+
+def evaluate(source: Any, env: str | None = None, episodes: int = 16, mode: str = "greedy",
+             seed: int = EVAL_SEED, env_kwargs: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Mean return per agent of the learned policies. source: checkpoint path or Updater;
+    env defaults to the updater's spec name (env_kwargs: pass the run's if any)."""
+    updater = load_updater(source)[0] if isinstance(source, (str, Path)) else source
+    policy = policy_from(updater, mode, seed=seed)
+    return run_episodes(policy, env or updater.spec.name, episodes, seed, env_kwargs)["mean_return"]
+
+
+# --------------------------------------------------------------------------- reward recovery
+
+
+def gems_true_reward_from_planes(obs: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+    """Gems' reward of the agent whose planes these are, as a function of (s, s') only: +1 for
+    landing on an own-colour gem of s, +6 when both agents land on purple gems of s. Defined for
+    ANY pair of states, which EPIC's canonicalisation needs."""
+    n = obs.shape[0]
+    flat, nxt = obs.reshape(n, 5, -1), next_obs.reshape(n, 5, -1)
+    own, other = nxt[:, 0].argmax(1), nxt[:, 1].argmax(1)
+    rows = np.arange(n)
+    own_gem = flat[rows, 2, own].astype(np.float32)
+    purple = (flat[rows, 4, own] > 0) & (flat[rows, 4, other] > 0)
+    return own_gem + 6.0 * purple.astype(np.float32)
+
+
+@torch.no_grad()
+def _critic_q(critic: torch.nn.Module, obs: np.ndarray, device: torch.device, chunk: int = 2048) -> torch.Tensor:
+    outs = [critic(torch.as_tensor(obs[i:i + chunk], device=device)).float().cpu() for i in range(0, len(obs), chunk)]
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def reward_recovery(updater: Updater, demos: Mapping[str, np.ndarray], max_rows: int = 4096,
+                    epic_rows: int = 1024, epic_pool: int = 64, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per agent: {"raw": affine_fit_metrics(r^, r_true) on up to max_rows expert rows,
+    "epic_pearson": shaping-invariant correlation (Gems only, else None)}."""
+    rng = np.random.default_rng(seed)
+    n = len(demos["done"])
+    rows = np.sort(rng.choice(n, size=min(n, max_rows), replace=False))
+    done = torch.as_tensor(demos["done"][rows]).float()
+    gems = updater.spec.name == "gems"
+    out: dict[str, dict[str, Any]] = {}
+    for agent, critic in updater.critics.items():
+        critic.eval()
+        if isinstance(critic, JointCritic):
+            from learner.losses import joint_action_index
+
+            acts = joint_action_index([torch.as_tensor(demos[f"action/{a}"][rows]) for a in updater.agents], updater.num_actions)
+        else:
+            acts = torch.as_tensor(demos[f"action/{agent}"][rows]).long()
+        obs, nxt = demos[f"obs/{agent}"][rows], demos[f"next_obs/{agent}"][rows]
+        q, q_next = _critic_q(critic, obs, updater.device), _critic_q(critic, nxt, updater.device)
+        r_hat = recover_reward_from_q(q, q_next, acts, done, updater.gamma, updater.alpha)
+        true = torch.as_tensor(demos[f"reward/{agent}"][rows]).float()
+        result: dict[str, Any] = {"raw": affine_fit_metrics(r_hat, true), "epic_pearson": None}
+        if gems:
+            result["epic_pearson"] = _gems_epic(q, q_next, acts, obs, nxt, demos, done, updater, epic_rows, epic_pool, rng)
+        critic.train()
+        out[agent] = result
+    return out
+
+
+def _gems_epic(q, q_next, acts, obs, nxt, demos, done, updater, epic_rows, epic_pool, rng) -> float:
+    """EPIC on non-terminal rows, with states passed as INDICES into precomputed tables so that the
+    canonicalisation's big (s, A, S') product costs lookups, not critic forwards."""
+    live = np.flatnonzero(done.numpy() == 0)
+    live = np.sort(rng.choice(live, size=min(len(live), epic_rows), replace=False))
+    pool = rng.choice(len(obs), size=min(len(obs), epic_pool), replace=False)
+    states = np.concatenate([obs[live], nxt[live], obs[pool]])  # index space: [B | B | M]
+    b = len(live)
+    q_tab = torch.cat([q[live], q_next[live], q[pool]])
+    v_tab = soft_value(q_tab, updater.alpha)
+    gamma = updater.gamma
+    flat = states.reshape(len(states), 5, -1)
+    own_pos, other_pos = flat[:, 0].argmax(1), flat[:, 1].argmax(1)
+    own_gem, purple = torch.as_tensor(flat[:, 2] > 0), torch.as_tensor(flat[:, 4] > 0)
+    own_pos_t, other_pos_t = torch.as_tensor(own_pos), torch.as_tensor(other_pos)
+
+    def learned(s, a, s2):
+        return q_tab[s, a] - gamma * v_tab[s2]
+
+    def true(s, a, s2):
+        p0, p1 = own_pos_t[s2], other_pos_t[s2]
+        return own_gem[s, p0].float() + 6.0 * (purple[s, p0] & purple[s, p1]).float()
+
+    idx = torch.arange(b)
+    action_pool = torch.arange(q.shape[1])
+    return epic_canonical_correlation(learned, true, idx, acts[live], idx + b, torch.arange(2 * b, 2 * b + len(pool)),
+                                      action_pool, gamma)

@@ -1,0 +1,201 @@
+"""Single-process MAMQL training: envs, in-process replay and the Updater in one loop.
+
+The distributed learner drives the same Updater from replay services; this loop is the reference
+and what CPU users run:
+
+  seed the online table with random-policy transitions
+  repeat: roll out the current Boltzmann policies (sampling, alpha) for a few vector-env steps
+          into the FIFO online table; sample batch_size expert + batch_size online rows;
+          updater.update(expert, online)
+  every log_every:        loss terms per agent, Q gap, updates/s -> runs/<name>/metrics.jsonl
+  every eval_every:       greedy and sampled mean return per agent
+  every checkpoint_every: runs/<name>/checkpoints/learner_<step>.pt
+
+Resume restores the learner exactly (weights, Adam moments, step, agent-order rng). The online
+replay and the env/rollout rngs are NOT in the checkpoint: a resumed run re-seeds the online table
+with random data and rolls out with seeds derived from the step, so the continuation is a valid run
+but not bit-identical to an uninterrupted one (the Updater itself is; see the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from mamql.config import Config, ReplayConfig, TableConfig, dump_config, to_dict
+
+EXPERT, ONLINE = "expert", "online"
+TRAIN_FIELDS = ("obs", "action", "reward", "next_obs")
+
+
+def run_dir_of(config: Config) -> Path:
+    return Path(config.run.root) / config.run.name
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = sorted(Path(run_dir, "checkpoints").glob("learner_*.pt"))
+    return found[-1] if found else None
+
+
+def _train_fields(batch: Mapping[str, np.ndarray], agents: list[str]) -> dict[str, np.ndarray]:
+    keep = [f"{k}/{a}" for a in agents for k in TRAIN_FIELDS] + ["done", "truncated"]
+    return {k: np.asarray(batch[k]) for k in keep}
+
+
+class Trainer:
+    def __init__(self, config: Config, demos: Mapping[str, np.ndarray], run_dir: str | Path | None = None,
+                 resume: bool = False, progress: bool = True):
+        from envs import env_spec
+        from envs.experts import make_expert
+        from envs.vector import VectorEnv
+        from learner.evaluate import policy_from
+        from learner.updater import load_checkpoint, make_updater, set_torch_threads
+        from replay.local import LocalReplay
+
+        self.config, lc = config, config.learner
+        self.run_dir = Path(run_dir) if run_dir else run_dir_of(config)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.progress = progress
+        set_torch_threads(lc.torch_threads)
+        env_kwargs = dict(config.env.kwargs)
+        self.spec = env_spec(config.env.name, **env_kwargs)
+        self.agents = list(self.spec.agents)
+        self.updater = make_updater(self.spec, lc, None, seed=config.run.seed)
+        self.resumed_from = None
+        if resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is None:
+                raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_dir}")
+            load_checkpoint(ckpt, self.updater)
+            self.resumed_from = str(ckpt)
+        self.demos = _train_fields(demos, self.agents)
+        n_demos = len(self.demos["done"])
+        step = self.updater.step
+        seed = config.run.seed + 7919 * step  # resumed runs get fresh but deterministic streams
+        self.replay = LocalReplay(
+            ReplayConfig(tables=(
+                TableConfig(name=EXPERT, capacity=n_demos, read_only=True),
+                TableConfig(name=ONLINE, capacity=lc.online_capacity),
+            )),
+            seed=seed,
+        )
+        self.replay.load(EXPERT, self.demos)
+        self.env = VectorEnv(config.env.name, config.actor.num_envs, seed=seed, **env_kwargs)
+        self.obs = self.env.reset()
+        # the rollout policy acts on its own CPU copy of the weights, refreshed every iteration
+        self.policy = policy_from(self.updater, "sample", alpha=lc.alpha, seed=seed)
+        self.rollout_returns: list[float] = []
+        self._seed_online(make_expert(config.env.name, kind="random", seed=seed, **env_kwargs))
+
+    def _step_env(self, policy) -> None:
+        from envs.vector import transition_batch
+
+        actions = policy.act(self.obs)
+        result = self.env.step(actions)
+        self.replay.insert(ONLINE, _train_fields(transition_batch(self.obs, actions, result), self.agents))
+        self.obs = result.obs
+        if len(result.finished_ids):
+            self.rollout_returns.extend(np.mean([result.episode_returns[a] for a in self.agents], axis=0).tolist())
+
+    def _seed_online(self, random_policy) -> None:
+        steps = -(-self.config.learner.seed_transitions // self.env.num_envs)
+        for _ in range(max(1, steps)):
+            self._step_env(random_policy)
+        self.rollout_returns.clear()
+
+    def evaluate(self) -> dict[str, Any]:
+        from learner.evaluate import policy_from, run_episodes
+
+        out = {}
+        for mode in ("greedy", "sample"):
+            res = run_episodes(policy_from(self.updater, mode), self.config.env.name, self.config.learner.eval_episodes,
+                               env_kwargs=self.config.env.kwargs)
+            out[mode] = res["mean_return"]
+        return out
+
+    def checkpoint(self) -> Path:
+        from learner.updater import save_checkpoint
+
+        path = self.ckpt_dir / f"learner_{self.updater.step:08d}.pt"
+        save_checkpoint(path, self.updater, {
+            "config_json": json.dumps(to_dict(self.config)),
+            "env": self.config.env.name,
+            "algo": self.updater.algo,
+            "step": self.updater.step,
+            "time": time.time(),
+        })
+        keep = max(1, self.config.learner.keep_checkpoints)
+        for old in sorted(self.ckpt_dir.glob("learner_*.pt"))[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train(self, steps: int | None = None) -> dict[str, Any]:
+        """Train until updater.step == steps (default learner.steps); returns the last eval."""
+        from tqdm import tqdm
+
+        lc = self.config.learner
+        total = lc.steps if steps is None else int(steps)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(self.config))
+        if self.resumed_from:
+            self._log({"event": "resume", "step": self.updater.step, "checkpoint": self.resumed_from})
+        u = self.updater
+        bar = tqdm(total=total, initial=u.step, disable=not self.progress, dynamic_ncols=True, desc=f"{u.algo}")
+        sums: dict[str, float] = {}
+        count, t0, last_eval = 0, time.monotonic(), None
+        while u.step < total:
+            self.policy.load_flat(u.policy_weights())
+            for _ in range(lc.rollout_steps_per_update):
+                self._step_env(self.policy)
+            expert = self.replay.sample(EXPERT, lc.batch_size).batch
+            online = self.replay.sample(ONLINE, lc.batch_size).batch
+            logs = u.update(expert, online)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            bar.update(1)
+            if u.step % lc.log_every == 0 or u.step == total:
+                dt = time.monotonic() - t0
+                record = {"step": u.step, "time": time.time(), "updates_per_s": count / max(dt, 1e-9),
+                          **{k: v / count for k, v in sums.items()},
+                          "rollout_return": float(np.mean(self.rollout_returns)) if self.rollout_returns else None,
+                          "online_size": self.replay.info()[ONLINE].size}
+                self._log(record)
+                gaps = [record.get(f"{a}/q_gap", record.get(f"{a}/loss")) for a in self.agents]
+                bar.set_postfix(loss=f"{np.mean([record[f'{a}/loss'] for a in self.agents]):.3f}",
+                                gap=f"{np.mean(gaps):.2f}", ret=record["rollout_return"], ups=f"{record['updates_per_s']:.2f}")
+                sums, count, t0 = {}, 0, time.monotonic()
+                self.rollout_returns.clear()
+            if (lc.eval_every and u.step % lc.eval_every == 0) or u.step == total:
+                t_eval = time.monotonic()
+                last_eval = self.evaluate()
+                t0 += time.monotonic() - t_eval  # updates/s counts training time only
+                self._log({"step": u.step, "time": time.time(), "event": "eval", **{
+                    f"eval/{mode}/{a}": r for mode, rets in last_eval.items() for a, r in rets.items()}})
+                bar.write(f"step {u.step} eval: {json.dumps(last_eval)}")
+            if (lc.checkpoint_every and u.step % lc.checkpoint_every == 0) or u.step == total:
+                self.checkpoint()
+        bar.close()
+        return {"step": u.step, "eval": last_eval, "checkpoint": str(latest_checkpoint(self.run_dir))}
+
+    def close(self) -> None:
+        self.env.close()
+        self.replay.close()
+
+
+def train(config: Config, demos: Mapping[str, np.ndarray], run_dir: str | Path | None = None, resume: bool = False,
+          steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+    trainer = Trainer(config, demos, run_dir, resume=resume, progress=progress)
+    try:
+        return trainer.train(steps)
+    finally:
+        trainer.close()

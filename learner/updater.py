@@ -1,0 +1,206 @@
+"""The learner's train step as an object: `Updater.update(expert, online)` is one MAMQL iteration.
+
+The single-process trainer (learner.trainer) and the distributed learner service both drive it; it
+knows nothing about replay, envs or processes. Batches are dicts of equal-length arrays with the
+mamql.batch field names (`obs/<agent>`, `action/<agent>`, `next_obs/<agent>`, `done`, ...); numpy
+or torch, any device; uint8 observations stay uint8 until they are on the device (4x less copying).
+
+One iteration = for each agent, in a random order, one Adam step on that agent's critic. Every agent
+sees the SAME joint transitions (one expert batch and one online batch per iteration) rather than a
+fresh sample per agent as in the reference code: the critics are independent, so this changes
+nothing in expectation, halves sampling and host-to-device traffic, and lets the trainer sample once.
+Each critic runs ONE forward pass over all its rows (expert + online, s and s'), see
+networks.forward_current_next; the loss itself is learner.losses.
+
+Algorithms:
+  mamql  per-agent marginal critics Q_i(s, a_i), mamql_loss.
+  iqlma  per-agent joint-action critics Q_i(s, a_1..a_n), iqlma_loss; actors act by the marginal.
+  bc     per-agent logits trained by cross-entropy on expert actions; the online batch is ignored.
+         The logits double as a critic so the same BoltzmannPolicy (alpha = 1) acts from them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from learner.losses import bc_loss, gather_actions, iqlma_loss, mamql_loss
+from learner.networks import build_critics, build_joint_critics, forward_current_next
+from learner.policy import flatten_weights
+
+ALGOS = ("mamql", "iqlma", "bc")
+# L2 weight decay from the paper per env (Gems 1e-5; Overcooked/kitchen and the rest 1e-4).
+PAPER_WEIGHT_DECAY = {"gems": 1e-5}
+DEFAULT_WEIGHT_DECAY = 1e-4
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`auto` (or None) -> cuda when available, else cpu."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_weight_decay(env_name: str) -> float:
+    return PAPER_WEIGHT_DECAY.get(env_name, DEFAULT_WEIGHT_DECAY)
+
+
+def set_torch_threads(n: int) -> None:
+    """0 = every core this process may use."""
+    if int(n) <= 0:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, int(n)))
+
+
+class Updater:
+    """Per-agent critics, their Adam optimizers, the update counter and the agent-order rng."""
+
+    def __init__(self, spec: Any, config: Any, device: str | torch.device | None = None, seed: int = 0):
+        algo = config.algo
+        if algo not in ALGOS:
+            raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+        self.spec, self.config, self.algo = spec, config, algo
+        self.agents: list[str] = list(spec.agents)
+        self.num_actions = [int(spec.num_actions[a]) for a in self.agents]
+        self.device = resolve_device(device if device is not None else config.device)
+        self.gamma, self.alpha = float(config.gamma), float(config.alpha)
+        wd = float(config.weight_decay)
+        self.weight_decay = default_weight_decay(spec.name) if wd < 0 else wd
+        torch.manual_seed(seed)  # initial weights are a function of the seed
+        build = build_joint_critics if algo == "iqlma" else build_critics
+        self.critics: dict[str, nn.Module] = {
+            a: m.to(self.device) for a, m in build(spec, tuple(config.hidden) or None).items()
+        }
+        self.optimizers = {
+            a: torch.optim.Adam(m.parameters(), lr=float(config.lr), weight_decay=self.weight_decay)
+            for a, m in self.critics.items()
+        }
+        self.rng = torch.Generator().manual_seed(int(seed))  # agent order; CPU, so it checkpoints
+        self.step = 0
+
+    # ------------------------------------------------------------------ the train step
+    def _tensor(self, x: np.ndarray | Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        t = torch.as_tensor(x).to(self.device, non_blocking=True)
+        return t if dtype is None else t.to(dtype)
+
+    def update(self, expert: Mapping[str, np.ndarray | Tensor], online: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
+        """One iteration: one Adam step per agent (random order). Returns "<agent>/<term>" floats."""
+        if self.algo == "bc":
+            return self._update_bc(expert)
+        n_exp = len(expert["done"])
+        n_all = n_exp + len(online["done"])
+        cat = lambda k, dtype=None: torch.cat([self._tensor(expert[k], dtype), self._tensor(online[k], dtype)])
+        done = cat("done", torch.float32)  # the TERMINAL flag only; truncation bootstraps
+        is_expert = torch.zeros(n_all, device=self.device)
+        is_expert[:n_exp] = 1.0
+        actions = {a: cat(f"action/{a}", torch.long) for a in self.agents}
+        kwargs = dict(gamma=self.gamma, alpha=self.alpha, value_term=self.config.value_term,
+                      chi2_on_policy=self.config.chi2_on_policy)
+        logs: dict[str, float] = {}
+        for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
+            agent = self.agents[i]
+            critic, opt = self.critics[agent], self.optimizers[agent]
+            q, q_next = forward_current_next(critic, cat(f"obs/{agent}"), cat(f"next_obs/{agent}"))
+            if self.algo == "mamql":
+                loss, terms = mamql_loss(q, q_next, actions[agent], done, is_expert, **kwargs)
+            else:
+                joint = torch.stack([actions[a] for a in self.agents], dim=-1)
+                loss, terms = iqlma_loss(q, q_next, joint, self.num_actions, done, is_expert, **kwargs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
+        self.step += 1
+        return logs
+
+    def _update_bc(self, expert: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
+            agent = self.agents[i]
+            critic, opt = self.critics[agent], self.optimizers[agent]
+            logits = critic(self._tensor(expert[f"obs/{agent}"]))
+            actions = self._tensor(expert[f"action/{agent}"], torch.long)
+            loss = bc_loss(logits, actions)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                acc = (logits.argmax(-1) == actions).float().mean()
+                expert_q = gather_actions(logits, actions).mean()
+            logs.update({f"{agent}/loss": float(loss.detach()), f"{agent}/accuracy": float(acc), f"{agent}/expert_q": float(expert_q)})
+        self.step += 1
+        return logs
+
+    # ------------------------------------------------------------------ weights and state
+    def policy_weights(self) -> dict[str, Tensor]:
+        """Flat `<agent>/<param>` CPU tensors, what actors' BoltzmannPolicy.load_flat takes."""
+        return flatten_weights(self.critics)
+
+    def state_dict(self) -> dict:
+        """Everything an exact resume needs: critics, optimizer moments, step, agent-order rng."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "algo": self.algo,
+            "step": self.step,
+            "critics": {a: {k: v.detach().cpu() for k, v in m.state_dict().items()} for a, m in self.critics.items()},
+            "optimizers": {a: _to_cpu(o.state_dict()) for a, o in self.optimizers.items()},
+            "rng": self.rng.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state.get("algo") != self.algo:
+            raise ValueError(f"checkpoint is for algo {state.get('algo')!r}, this updater runs {self.algo!r}")
+        for a, m in self.critics.items():
+            m.load_state_dict(state["critics"][a], strict=True)
+        for a, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][a])  # moves moments to the params' device
+        self.rng.set_state(state["rng"])
+        self.step = int(state["step"])
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def make_updater(spec: Any, learner_config: Any, device: str | torch.device | None = None, seed: int = 0) -> Updater:
+    """The Updater for learner_config.algo; device None = learner_config.device (`auto` = cuda if any)."""
+    return Updater(spec, learner_config, device, seed)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | Path, updater: Updater, extra: Mapping[str, Any] | None = None) -> Path:
+    """torch.save of {"updater": state_dict, "extra": extra} (plain tensors, numbers, strings, so
+    torch.load(weights_only=True) reads it; never arbitrary pickled objects). Atomic: temp + rename,
+    so a crash mid-write never leaves a truncated checkpoint under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"updater": updater.state_dict(), "extra": dict(extra or {})}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict ({"updater", "extra"}), loaded with weights_only=True on CPU."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: str | Path, updater: Updater) -> dict:
+    """Restore `updater` exactly from `path`; returns the checkpoint's `extra` dict."""
+    ckpt = read_checkpoint(path)
+    updater.load_state_dict(ckpt["updater"])
+    return ckpt["extra"]
