@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "envs.cli",
     "replay.cli",
     "actors.cli",
+    "learner.cli",
 ]
 
 
