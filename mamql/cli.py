@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "replay.cli",
     "actors.cli",
     "learner.cli",
+    "learner.service_cli",
+    "mamql.local",
 ]
 
 
@@ -46,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mamql", description=mamql.__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # one broken extra must not take every other command down
+            print(f"mamql: commands from {name} unavailable: {exc}", file=sys.stderr)
+            continue
+        module.register(sub)
     return parser
 
 

@@ -1,0 +1,238 @@
+"""The learner process: sample from the replay service, update the critics, publish weights.
+
+The update itself is the single-process trainer's `Updater` (learner/updater.py); this module is
+the shell around it. Expert demonstrations are static, so they live in the learner's own memory
+(on the GPU when there is one) and are sampled locally: only online transitions cross the
+network, from a prefetching sample stream, so an update waits on replay only when the actors
+cannot keep up. Every `weights.publish_every` updates the policy weights go out as a new version
+over the weight service this process hosts (learner/weight_service.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mamql.config import Config, dump_config
+from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricsServer, new_registry
+from protos import rpc
+
+log = logging.getLogger("mamql.learner")
+
+LAG_SAMPLES_PER_UPDATE = 16
+POLICY_LAG_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 1000)
+
+
+class ExpertSampler:
+    """Uniform sampling from demonstrations held by the learner (on its device)."""
+
+    def __init__(self, demos: dict[str, np.ndarray], device, seed: int):
+        import torch
+
+        self.device = torch.device(device)
+        self.data = {k: torch.as_tensor(np.ascontiguousarray(v)).to(self.device) for k, v in demos.items()}
+        self.size = len(next(iter(demos.values())))
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    def sample(self, batch_size: int) -> dict:
+        import torch
+
+        idx = torch.randint(self.size, (batch_size,), generator=self.generator, device=self.device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+
+class LearnerMetrics:
+    def __init__(self, registry, agents):
+        self.updates = Counter("mamql_learner_updates", "Learner updates (all agents once)", registry=registry)
+        self.loss = Gauge("mamql_learner_loss", "Latest loss terms", ["agent", "term"], registry=registry)
+        self.policy_lag = Histogram(
+            "mamql_learner_policy_lag", "Learner weight version minus the version that acted, per sampled transition",
+            buckets=POLICY_LAG_BUCKETS, registry=registry,
+        )
+        self.sample_wait = Histogram(
+            "mamql_learner_sample_wait_seconds", "Time an update waited for online data", buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.update_seconds = Histogram(
+            "mamql_learner_update_seconds", "Time of one update (all agents)", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.version = Gauge("mamql_learner_weight_version", "Latest published weight version", registry=registry)
+        self.consumed = Counter(
+            "mamql_learner_online_transitions_consumed", "Online transitions used in updates", registry=registry
+        )
+        self.gpu_memory = Gauge("mamql_learner_gpu_memory_bytes", "CUDA memory allocated", registry=registry)
+
+
+def weights_to_numpy(tensors: dict, wire_dtype: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """torch tensors -> numpy arrays for the wire; bfloat16 travels as its uint16 bit patterns."""
+    import torch
+
+    arrays, dtypes = {}, {}
+    for name, t in tensors.items():
+        t = t.detach().cpu()
+        if wire_dtype == "bfloat16":
+            arrays[name] = t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+            dtypes[name] = "bfloat16"
+        elif wire_dtype == "float16":
+            arrays[name] = t.to(torch.float16).numpy()
+        else:
+            arrays[name] = t.float().numpy()
+    return arrays, dtypes
+
+
+class LearnerService:
+    def __init__(self, config: Config, replay_address: str, demos_path: str, registry=None, run_dir: str | None = None):
+        import torch
+
+        from envs.registry import env_spec
+        from learner.demos import load_demos
+        from learner.updater import make_updater
+        from learner.weight_service import SERVICE_NAME, WeightStore, serve_weights
+        from replay.client import ReplayClient
+
+        self.config = config
+        self.registry = registry if registry is not None else new_registry()
+        self.run_dir = Path(run_dir or Path(config.run.root) / config.run.name)
+        self.checkpoint_dir = self.run_dir / "checkpoints" / "learner"
+        if config.learner.torch_threads:
+            torch.set_num_threads(config.learner.torch_threads)
+        self.spec = env_spec(config.env.name, **config.env.kwargs)
+        self.updater = make_updater(self.spec, config.learner, config.learner.device)
+        self.device = getattr(self.updater, "device", "cpu")
+        demos, _ = load_demos(demos_path)
+        self.expert = ExpertSampler(demos, self.device, config.run.seed)
+        self.metrics = LearnerMetrics(self.registry, self.spec.agents)
+        self.security = rpc.Security.from_config(config.auth)
+        self.client = ReplayClient(replay_address, self.security, config.replay.max_message_mb)
+        self.store = WeightStore()
+        self.security.check_bind(config.weights.host, config.auth.insecure_no_auth)
+        self.server, self.health = rpc.make_server(self.security, config.weights.max_message_mb)
+        serve_weights(self.store, self.server, self.registry)
+        self._service_name = SERVICE_NAME
+        self.weights_port = 0
+        self.metrics_server: MetricsServer | None = None
+        self._stop = threading.Event()
+        self.version = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> int:
+        self.weights_port = rpc.bind(self.server, self.security, self.config.weights.host, self.config.weights.port)
+        self.server.start()
+        rpc.set_serving(self.health, [self._service_name], True)
+        if self.config.metrics.enabled:
+            self.metrics_server = MetricsServer(self.registry, self.config.metrics.host, self.config.metrics.port)
+        return self.weights_port
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        rpc.set_serving(self.health, [self._service_name], False)
+        self.store.close()
+        self.server.stop(2.0).wait(3.0)
+        self.client.close()
+        if self.metrics_server:
+            self.metrics_server.close()
+
+    # ------------------------------------------------------------------ checkpoints
+    def resume(self) -> bool:
+        from learner.updater import load_checkpoint
+
+        path = self.checkpoint_dir / "latest.pt"
+        if not path.exists():
+            return False
+        extra = load_checkpoint(path, self.updater)
+        self.version = int(extra.get("weight_version", 0))
+        log.info("resumed from %s at step %d, weight version %d", path, self.updater.step, self.version)
+        return True
+
+    def save(self) -> Path:
+        from learner.updater import save_checkpoint
+
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / "latest.pt"
+        save_checkpoint(path, self.updater, {"weight_version": self.version, "env": self.config.env.name})
+        return path
+
+    def publish(self) -> int:
+        arrays, dtypes = weights_to_numpy(self.updater.policy_weights(), self.config.weights.dtype)
+        self.version += 1
+        meta = {"env": self.config.env.name, "algo": self.config.learner.algo, "step": str(self.updater.step)}
+        self.store.publish(arrays, version=self.version, dtypes=dtypes, metadata=meta)
+        self.metrics.version.set(self.version)
+        return self.version
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, steps: int, status_every_s: float = 10.0) -> int:
+        """Update until `steps` total updates (0 = until stop()); returns updates done in this call."""
+        from replay.errors import DeadlineExceeded
+
+        cfg = self.config.learner
+        self.publish()  # actors leave random play as soon as the first version exists
+        stream = self.client.sample_stream(
+            self.config.actor.table, cfg.batch_size, prefetch=4, wait_timeout=self.config.replay.wait_timeout_s
+        )
+        done, last_status = 0, time.monotonic()
+        metrics_file = (self.run_dir / "metrics.jsonl").open("a") if self.run_dir.exists() else None
+        try:
+            while not self._stop.is_set() and not (steps and self.updater.step >= steps):
+                waited = time.perf_counter()
+                try:
+                    sample = stream.next(timeout=1.0)
+                except DeadlineExceeded:
+                    self.metrics.sample_wait.observe(time.perf_counter() - waited)
+                    continue
+                self.metrics.sample_wait.observe(time.perf_counter() - waited)
+                online = sample.batch
+                # Rows are sampled uniformly already, so the first few are a fair subsample: bounded
+                # cost per update however large the batch (experts' -1 versions are not policy data).
+                versions = online["policy_version"][:LAG_SAMPLES_PER_UPDATE]
+                for lag in self.version - versions[versions >= 0]:
+                    self.metrics.policy_lag.observe(float(lag))
+                started = time.perf_counter()
+                terms = self.updater.update(self.expert.sample(cfg.batch_size), online)
+                self.metrics.update_seconds.observe(time.perf_counter() - started)
+                self.metrics.updates.inc()
+                self.metrics.consumed.inc(len(online["done"]))
+                done += 1
+                step = self.updater.step
+                if step % self.config.weights.publish_every == 0:
+                    self.publish()
+                if step % cfg.log_every == 0:
+                    self._log_terms(terms, metrics_file)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    self.save()
+                if time.monotonic() - last_status > status_every_s:
+                    last_status = time.monotonic()
+                    log.info("step %d, weight version %d", step, self.version)
+        finally:
+            stream.close()
+            if metrics_file:
+                metrics_file.close()
+        if self.store.version == 0 or self.updater.step % self.config.weights.publish_every:
+            self.publish()  # the final weights, unless this step's were just published
+        self.save()
+        return done
+
+    def _log_terms(self, terms: dict[str, float], metrics_file) -> None:
+        for key, value in terms.items():
+            agent, _, term = key.rpartition("/")
+            self.metrics.loss.labels(agent or "all", term).set(value)
+        if self.device and str(self.device).startswith("cuda"):
+            import torch
+
+            self.metrics.gpu_memory.set(torch.cuda.memory_allocated())
+        if metrics_file:
+            record = {"time": time.time(), "step": self.updater.step, "weight_version": self.version, **terms}
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+
+def write_run_config(config: Config, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(config))

@@ -1,0 +1,44 @@
+"""`mamql learner`: the learner process of the distributed system (see learner/service.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from mamql.cli import add_config_args
+
+    p = sub.add_parser("learner", help="train from a replay service and publish weights to actors")
+    add_config_args(p)
+    p.add_argument("--replay", required=True, metavar="HOST:PORT", help="replay service address")
+    p.add_argument("--demos", required=True, metavar="PATH", help="expert demonstrations (mamql demos collect)")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many updates (default learner.steps; 0 = forever)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest learner checkpoint")
+    p.add_argument("--run-dir", default=None, help="default runs/<run.name>")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+
+    from learner.service import LearnerService
+    from mamql.cli import config_from_args
+    from mamql.log import setup_logging
+
+    config = config_from_args(args)
+    log = setup_logging("learner", config.run.log_level)
+    service = LearnerService(config, args.replay, args.demos, run_dir=args.run_dir)
+    if args.resume:
+        service.resume()
+    port = service.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop())
+    where = f", metrics on port {service.metrics_server.port}" if service.metrics_server else ""
+    print(f"learner: weights on {config.weights.host}:{port}{where}, device {service.device}", flush=True)
+    steps = config.learner.steps if args.steps is None else args.steps
+    try:
+        done = service.run(steps)
+    finally:
+        service.close()
+    log.info("stopped after %d updates at step %d, weight version %d", done, service.updater.step, service.version)
+    return 0

@@ -1,0 +1,209 @@
+"""`mamql local`: the whole system on one machine, as real separate processes on 127.0.0.1.
+
+Order of events: resolve the config and write the run directory; collect expert demonstrations
+(unless given); start replay, then the learner (which hosts the weight service), then the actors;
+print one status line per interval from the processes' own /metrics endpoints; when the learner
+has done its steps, or on Ctrl-C/SIGTERM, stop actors → learner → replay, each with SIGTERM, so
+the learner and replay write their final checkpoints. A dead actor is restarted (it rejoins with
+the next weight version); a dead learner or replay ends the run with an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from mamql.config import Config, dump_config, with_updates
+from mamql.supervisor import Supervisor, free_port, scrape, total
+
+MAX_ACTOR_RESTARTS = 5
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from mamql.cli import add_config_args
+
+    p = sub.add_parser("local", help="run replay, learner and actors as local processes (the main job)")
+    add_config_args(p)
+    p.add_argument("--env", default=None, help="shortcut for --set env.name=...")
+    p.add_argument("--actors", type=int, default=2, help="actor processes")
+    p.add_argument("--num-envs", type=int, default=None, help="env copies per actor (actor.num_envs)")
+    p.add_argument("--steps", type=int, default=None, help="learner updates (learner.steps)")
+    p.add_argument("--algo", default=None, choices=["mamql", "iqlma", "bc"], help="learner.algo")
+    p.add_argument("--demos", default=None, metavar="PATH", help="expert demos; default: collect them first")
+    p.add_argument("--expert-transitions", type=int, default=20_000, help="demos to collect when --demos is absent")
+    p.add_argument("--run-name", default=None, help="run directory name under run.root")
+    p.add_argument("--status-every", type=float, default=2.0, help="seconds between status lines")
+    p.set_defaults(func=run)
+
+
+class StatusLine:
+    """Rates from successive /metrics scrapes of every process."""
+
+    def __init__(self):
+        self.scraped: dict[str, dict] = {}
+        self.last: dict[str, float] = {}
+        self.last_time = time.monotonic()
+
+    def measure(self, sup: Supervisor) -> dict:
+        for name, child in sup.children.items():
+            if child.alive() and child.metrics_port:
+                # a process between scrapes (starting, stopping) keeps its last numbers
+                self.scraped[name] = scrape(child.metrics_url) or self.scraped.get(name, {})
+        scraped = self.scraped
+        actors = [s for name, s in scraped.items() if name.startswith("actor")]
+        replay, learner = scraped.get("replay", {}), scraped.get("learner", {})
+        counters = {
+            "env_steps": sum(total(s, "mamql_actor_env_steps_total") for s in actors),
+            "inserted": total(replay, "mamql_replay_inserted_transitions_total", table="online"),
+            "sampled": total(replay, "mamql_replay_sampled_transitions_total", table="online"),
+            "updates": total(learner, "mamql_learner_updates_total"),
+            "lag_sum": total(learner, "mamql_learner_policy_lag_sum"),
+            "lag_count": total(learner, "mamql_learner_policy_lag_count"),
+        }
+        now = time.monotonic()
+        dt = max(now - self.last_time, 1e-6)
+        rate = {k: max(v - self.last.get(k, 0.0), 0.0) / dt for k, v in counters.items()}
+        lag_n = counters["lag_count"] - self.last.get("lag_count", 0.0)
+        lag = (counters["lag_sum"] - self.last.get("lag_sum", 0.0)) / lag_n if lag_n > 0 else None
+        returns: dict[str, list[float]] = {}
+        for s in actors:
+            for (name, labels), value in s.items():
+                if name == "mamql_actor_last_episode_return":
+                    returns.setdefault(dict(labels)["agent"], []).append(value)
+        self.last, self.last_time = counters, now
+        return {
+            "time": time.time(),
+            "env_fps": rate["env_steps"],
+            "insert_per_s": rate["inserted"],
+            "sample_per_s": rate["sampled"],
+            "updates_per_s": rate["updates"],
+            "updates": counters["updates"],
+            "env_steps": counters["env_steps"],
+            "policy_lag": lag,
+            "weight_version": total(learner, "mamql_learner_weight_version"),
+            "returns": {a: sum(v) / len(v) for a, v in returns.items()},
+            "actors_alive": sum(1 for n, c in sup.children.items() if n.startswith("actor") and c.alive()),
+        }
+
+
+def format_status(s: dict) -> str:
+    lag = "-" if s["policy_lag"] is None else f"{s['policy_lag']:.1f}"
+    returns = " ".join(f"{a}={v:.1f}" for a, v in s["returns"].items()) or "-"
+    return (
+        f"env {s['env_fps']:7.0f} fps | insert {s['insert_per_s']:7.0f}/s sample {s['sample_per_s']:7.0f}/s | "
+        f"updates {s['updates']:.0f} ({s['updates_per_s']:.1f}/s) v{s['weight_version']:.0f} lag {lag} | "
+        f"returns {returns} | actors {s['actors_alive']}"
+    )
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    from mamql.cli import config_from_args
+
+    config = config_from_args(args)
+    updates: dict[str, dict] = {"env": {}, "actor": {}, "learner": {}, "run": {}}
+    if args.env:
+        updates["env"]["name"] = args.env
+    if args.num_envs:
+        updates["actor"]["num_envs"] = args.num_envs
+    if args.steps is not None:
+        updates["learner"]["steps"] = args.steps
+    if args.algo:
+        updates["learner"]["algo"] = args.algo
+    name = args.run_name or (config.run.name if config.run.name != "default" else None)
+    updates["run"]["name"] = name or f"local-{args.env or config.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return with_updates(config, **updates)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mamql.log import setup_logging
+
+    config = resolve(args)
+    log = setup_logging("local", config.run.log_level)
+    run_dir = Path(config.run.root) / config.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(dump_config(config))
+    sup = Supervisor(run_dir / "logs")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"mamql local: run directory {run_dir}", flush=True)
+
+    demos = args.demos
+    if not demos:
+        demos = str(run_dir / "demos.npz")
+        if not Path(demos).exists():
+            print(f"collecting {args.expert_transitions} expert transitions -> {demos}", flush=True)
+            child = sup.start("collect", ["demos", "collect", "--config", str(config_path), "--env", config.env.name,
+                                          "--transitions", str(args.expert_transitions), "--out", demos])
+            while child.popen.poll() is None:
+                if stop.wait(0.2):
+                    sup.stop(["collect"])
+                    return 130
+            if child.popen.returncode != 0:
+                print(f"demo collection failed:\n{sup.tail(child)}", file=sys.stderr)
+                return 1
+
+    common = ["--config", str(config_path)]
+    replay_port, weights_port = free_port(), free_port()
+    replay_metrics, learner_metrics = free_port(), free_port()
+    replay = sup.start("replay", ["replay", *common, "--set", "replay.host=127.0.0.1", "--set", f"replay.port={replay_port}",
+                                  "--set", f"metrics.port={replay_metrics}"], metrics_port=replay_metrics)
+    try:
+        sup.wait_ready(replay, replay_port)
+        learner = sup.start("learner", ["learner", *common, "--replay", f"127.0.0.1:{replay_port}", "--demos", demos,
+                                        "--run-dir", str(run_dir), "--set", "weights.host=127.0.0.1",
+                                        "--set", f"weights.port={weights_port}",
+                                        "--set", f"metrics.port={learner_metrics}"], metrics_port=learner_metrics)
+        sup.wait_ready(learner, weights_port)
+        actor_names = []
+        for i in range(args.actors):
+            port = free_port()
+            name = f"actor-{i}"
+            sup.start(name, ["actor", *common, "--replay", f"127.0.0.1:{replay_port}",
+                             "--weights", f"127.0.0.1:{weights_port}", "--actor-id", str(i),
+                             "--set", f"metrics.port={port}"], metrics_port=port)
+            actor_names.append(name)
+    except RuntimeError as exc:
+        print(f"mamql local: {exc}", file=sys.stderr)
+        sup.stop(list(reversed(sup.children)))
+        return 1
+
+    status = StatusLine()
+    exit_code = 0
+    with (run_dir / "status.jsonl").open("a") as status_file:
+        while not stop.wait(args.status_every):
+            snapshot = status.measure(sup)
+            status_file.write(json.dumps(snapshot) + "\n")
+            status_file.flush()
+            print(format_status(snapshot), flush=True)
+            if not learner.alive():
+                if learner.popen.returncode != 0:
+                    print(f"learner failed ({learner.popen.returncode}):\n{sup.tail(learner)}", file=sys.stderr)
+                    exit_code = 1
+                break
+            if not replay.alive():
+                print(f"replay died ({replay.popen.returncode}):\n{sup.tail(replay)}", file=sys.stderr)
+                exit_code = 1
+                break
+            for name in actor_names:
+                child = sup.children[name]
+                if not child.alive():
+                    if child.restarts >= MAX_ACTOR_RESTARTS:
+                        continue
+                    log.warning("%s exited with %s; restarting", name, child.popen.returncode)
+                    sup.restart(name)
+    codes = {}
+    codes.update(sup.stop(actor_names))
+    codes.update(sup.stop(["learner"], grace=60))
+    codes.update(sup.stop(["replay"], grace=60))
+    print("exit codes: " + ", ".join(f"{n}={c}" for n, c in codes.items()), flush=True)
+    print(f"run directory: {run_dir} (config.yaml, metrics.jsonl, status.jsonl, checkpoints/, logs/)", flush=True)
+    if exit_code == 0 and any(code != 0 for name, code in codes.items() if name in ("learner", "replay")):
+        exit_code = 1
+    return exit_code
