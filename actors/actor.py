@@ -190,7 +190,9 @@ class Actor:
                 if self._stop.is_set():
                     log.warning("dropping %d unsent transitions at shutdown: replay is not accepting", len(batch["done"]))
                     return
-                log.warning("replay send queue full for %.1fs; waiting (back-pressure)", time.perf_counter() - started)
+                # Normal when the replay's rate limiter holds actors back for the learner; the time
+                # shows in mamql_actor_send_blocked_seconds_total.
+                log.debug("replay send queue full for %.1fs; waiting", time.perf_counter() - started)
         self.stats.batches_sent += 1
         if self.metrics:
             self.metrics.send_blocked.inc(time.perf_counter() - started)

@@ -48,7 +48,11 @@ class ReplayConfig:
     port: int = 7100  # 0 = pick a free port
     tables: tuple[TableConfig, ...] = (
         TableConfig(name="expert", capacity=50_000, read_only=True),
-        TableConfig(name="online", capacity=100_000),
+        # Replay ratio: each online transition is sampled ~4 times on average. When actors run ahead
+        # of the learner (a CPU learner on a small box) their inserts block, which frees the cores
+        # for the learner; 40k samples of slack keep short bursts from blocking anyone.
+        TableConfig(name="online", capacity=100_000, min_size_to_sample=2_000, samples_per_insert=4.0,
+                    error_buffer=40_000.0),
     )
     capacity: int = 100_000  # default capacity for tables created without an explicit config
     max_message_mb: int = 64

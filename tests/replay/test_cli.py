@@ -16,7 +16,8 @@ from replay_helpers import REPO, gems_batch, spawn_server
 
 def test_sigterm_exits_zero_with_final_checkpoint_and_metrics(tmp_path, subprocess_servers):
     ck = tmp_path / "final"
-    proc, port = spawn_server(tmp_path, "--set", f"replay.checkpoint_dir={ck}")
+    proc, port = spawn_server(tmp_path, "--set", f"replay.checkpoint_dir={ck}",
+                              "--set", "replay.tables=[{name: online, capacity: 1000}]")
     subprocess_servers.append(proc)
     line = proc.stdout.readline()
     metrics_port = int(re.search(r"metrics on port (\d+)", line).group(1))
@@ -29,7 +30,7 @@ def test_sigterm_exits_zero_with_final_checkpoint_and_metrics(tmp_path, subproce
     assert 'mamql_replay_inserted_transitions_total{table="online"} 25.0' in text
     assert 'mamql_replay_sampled_transitions_total{table="online"} 10.0' in text
     assert 'mamql_replay_table_size{table="online"} 25.0' in text
-    assert 'mamql_replay_table_capacity{table="online"} 100000.0' in text
+    assert 'mamql_replay_table_capacity{table="online"} 1000.0' in text
     assert "mamql_replay_insert_latency_seconds_bucket" in text
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
