@@ -101,6 +101,18 @@ def format_status(s: dict) -> str:
     )
 
 
+def write_process_table(sup: Supervisor, path: Path, grpc_ports: dict[str, int]) -> None:
+    """pids and ports of the children, for users (and tests) who want to look at one process."""
+    table = {
+        name: {"pid": c.popen.pid, "metrics_port": c.metrics_port, "grpc_port": grpc_ports.get(name, 0),
+               "log": str(c.log_path), "restarts": c.restarts}
+        for name, c in sup.children.items() if c.popen is not None
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1))
+    tmp.replace(path)
+
+
 def resolve(args: argparse.Namespace) -> Config:
     from mamql.cli import config_from_args
 
@@ -174,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         sup.stop(list(reversed(sup.children)))
         return 1
 
+    write_process_table(sup, run_dir / "processes.json", {"replay": replay_port, "learner": weights_port})
     status = StatusLine()
     exit_code = 0
     with (run_dir / "status.jsonl").open("a") as status_file:
@@ -198,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
                         continue
                     log.warning("%s exited with %s; restarting", name, child.popen.returncode)
                     sup.restart(name)
+                    write_process_table(sup, run_dir / "processes.json", {"replay": replay_port, "learner": weights_port})
     codes = {}
     codes.update(sup.stop(actor_names))
     codes.update(sup.stop(["learner"], grace=60))
