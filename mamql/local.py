@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         demos = str(run_dir / "demos.npz")
         if not Path(demos).exists():
             print(f"collecting {args.expert_transitions} expert transitions -> {demos}", flush=True)
-            child = sup.start("collect", ["demos", "collect", "--config", str(config_path), "--env", config.env.name,
+            child = sup.start("collect", ["demos", "collect", "--env", config.env.name,
                                           "--transitions", str(args.expert_transitions), "--out", demos])
             while child.popen.poll() is None:
                 if stop.wait(0.2):
