@@ -111,7 +111,13 @@ class LearnerService:
         self.client = ReplayClient(replay_address, self.security, config.replay.max_message_mb)
         self.store = WeightStore()
         self.security.check_bind(config.weights.host, config.auth.insecure_no_auth)
-        self.server, self.health = rpc.make_server(self.security, config.weights.max_message_mb)
+        # Refused calls are counted per service, as on the replay (mamql_replay_rejected_requests_total).
+        self.rejected = Counter("mamql_weights_rejected_requests", "Weight-service requests refused, by reason",
+                                ["reason"], registry=self.registry)
+        self.server, self.health = rpc.make_server(
+            self.security, config.weights.max_message_mb,
+            on_reject=lambda method: self.rejected.labels("unauthenticated").inc(),
+        )
         serve_weights(self.store, self.server, self.registry)
         self._service_name = SERVICE_NAME
         self.weights_port = 0

@@ -122,7 +122,9 @@ class MetricsConfig:
 class AuthConfig:
     token: str = ""  # shared secret sent as `authorization: Bearer <token>` metadata
     token_file: str = ""
-    insecure_no_auth: bool = True  # only allowed on loopback addresses
+    # false (the default): a service bound to a non-loopback address without a token refuses to start;
+    # true: it starts anyway and logs a warning. Loopback addresses never need a token.
+    insecure_no_auth: bool = False
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""  # set to require client certificates (mTLS)

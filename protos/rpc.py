@@ -117,6 +117,72 @@ def _deny(handler):
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
+class _Malformed:
+    """Stands in for a request that is not a valid protobuf message (see MalformedRequestInterceptor)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _safe_deserializer(deserialize):
+    def safe(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's fault
+            return _Malformed(exc)
+
+    return safe
+
+
+def _reject_malformed(context, request: _Malformed):
+    log.warning("malformed request: %s", request.error)
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid protobuf message")
+
+
+def _checked(request_iterator, context):
+    for request in request_iterator:
+        if isinstance(request, _Malformed):
+            _reject_malformed(context, request)
+        yield request
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):
+    """INVALID_ARGUMENT (instead of grpc's INTERNAL) for requests that do not parse as protobuf.
+
+    grpc applies the request deserializer before any servicer code runs and answers a parse error
+    with INTERNAL "Exception deserializing request!", which reads as a server bug. This interceptor
+    makes the deserializer return a marker instead, and the handler refuses it as the client's error.
+    (Found by tests/reliability/test_reliability_fuzz.py.)
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        fields = dict(request_deserializer=_safe_deserializer(handler.request_deserializer),
+                      response_serializer=handler.response_serializer)
+        if handler.request_streaming:
+            behavior = handler.stream_stream or handler.stream_unary
+
+            def streaming(request_iterator, context):
+                return behavior(_checked(request_iterator, context), context)
+
+            make = (grpc.stream_stream_rpc_method_handler if handler.response_streaming
+                    else grpc.stream_unary_rpc_method_handler)
+            return make(streaming, **fields)
+        behavior = handler.unary_stream or handler.unary_unary
+
+        def unary(request, context):
+            if isinstance(request, _Malformed):
+                _reject_malformed(context, request)
+            return behavior(request, context)
+
+        make = grpc.unary_stream_rpc_method_handler if handler.response_streaming else grpc.unary_unary_rpc_method_handler
+        return make(unary, **fields)
+
+
 def make_server(
     security: Security,
     max_message_mb: int,
@@ -125,6 +191,7 @@ def make_server(
 ) -> tuple[grpc.Server, health.HealthServicer]:
     """A thread-pool server with message limits, auth when a token is set, and grpc.health.v1."""
     interceptors = [TokenAuthInterceptor(security.token, on_reject)] if security.token else []
+    interceptors.append(MalformedRequestInterceptor())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=interceptors,
@@ -167,6 +234,10 @@ def make_channel(
 ) -> grpc.Channel:
     """A channel to `address` (host:port) with the same limits, TLS when a CA is configured."""
     options = channel_options(max_message_mb)
+    if security.tls_ca and security.tls_cert and not tls_client_cert:
+        # mTLS deployments give every process one cert/key signed by the CA: it serves with it and
+        # presents it as a client certificate (without this no mamql client could reach an mTLS server).
+        tls_client_cert, tls_client_key = security.tls_cert, security.tls_key
     if security.tls_ca or security.tls_cert:
         ca = Path(security.tls_ca or security.tls_cert).read_bytes()
         key = Path(tls_client_key).read_bytes() if tls_client_key else None
