@@ -194,7 +194,8 @@ class LearnerService:
                     self.metrics.sample_wait.observe(time.perf_counter() - waited)
                     continue
                 self.metrics.sample_wait.observe(time.perf_counter() - waited)
-                online = sample.batch
+                # decoded arrays are read-only views of the message; torch wants writable memory
+                online = {k: np.require(v, requirements="W") for k, v in sample.batch.items()}
                 # Rows are sampled uniformly already, so the first few are a fair subsample: bounded
                 # cost per update however large the batch (experts' -1 versions are not policy data).
                 versions = online["policy_version"][:LAG_SAMPLES_PER_UPDATE]
