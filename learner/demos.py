@@ -98,7 +98,16 @@ def save_demos(path: str | Path, batch: Mapping[str, np.ndarray], metadata: Mapp
 
 
 def load_demos(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(batch, metadata) from save_demos' file, read with allow_pickle=False."""
+    """(batch, metadata) from save_demos' file, read with allow_pickle=False; a dataset directory
+    (replay.dataset, from `mamql collect`) loads whole, its manifest less the shard list as metadata."""
+    from replay.dataset import is_dataset, load_dataset, read_manifest
+
+    if is_dataset(path):
+        manifest = read_manifest(path)
+        metadata = {k: v for k, v in manifest.items() if k != "shards"}
+        metadata.update(env=manifest["env"]["name"], env_kwargs=manifest["env"]["kwargs"],
+                        transitions=manifest["counts"]["transitions"])
+        return load_dataset(path), metadata
     with np.load(Path(path), allow_pickle=False) as data:
         batch = {k: data[k] for k in data.files if k != METADATA_KEY}
         metadata = json.loads(str(data[METADATA_KEY])) if METADATA_KEY in data.files else {}

@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "learner.cli",
     "learner.service_cli",
     "mamql.local",
+    "actors.collect_cli",
+    "replay.dataset_cli",
 ]
 
 

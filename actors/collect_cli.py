@@ -1,0 +1,272 @@
+"""`mamql collect`: expert actors -> a fifo replay table -> a sharded dataset of whole episodes.
+
+Without `--replay` it starts, like `mamql local`, a replay process holding one fifo table and N
+`mamql actor --mode expert` processes on 127.0.0.1; with `--replay HOST:PORT` it only reads that
+service's table, fed by actors started elsewhere. The run directory (runs/<name>/) holds the
+resolved config.yaml, logs/ and processes.json. Children get SIGTERM if this process dies (Linux
+PR_SET_PDEATHSIG), so a killed collector leaves no actors behind; `--resume` then continues the
+dataset with fresh actor ids (hence fresh episode ids and seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COLLECT_TABLE = "collect"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from mamql.cli import add_config_args
+
+    p = sub.add_parser("collect", help="collect expert demonstrations into a sharded dataset")
+    add_config_args(p)
+    p.add_argument("--env", default=None, help="shortcut for --set env.name=...")
+    p.add_argument("--expert", default=None, help="expert kind (actor.expert): scripted | random")
+    p.add_argument("--transitions", type=int, default=None,
+                   help="stop at the first episode boundary at or past this many transitions")
+    p.add_argument("--episodes", type=int, default=None, help="stop after exactly this many episodes")
+    p.add_argument("--actors", type=int, default=2, help="local expert actor processes (ignored with --replay)")
+    p.add_argument("--num-envs", type=int, default=None, help="env copies per actor (actor.num_envs)")
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset directory")
+    p.add_argument("--resume", action="store_true", help="continue the dataset in --out")
+    p.add_argument("--replay", default=None, metavar="HOST:PORT", help="read an existing replay service")
+    p.add_argument("--table", default=COLLECT_TABLE, help="fifo table to read (and create locally)")
+    p.add_argument("--shard-transitions", type=int, default=10_000, help="rows per shard (whole episodes)")
+    p.add_argument("--buffer", type=int, default=16_384, help="capacity of the local collect table")
+    p.add_argument("--run-name", default=None, help="run directory name under run.root")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _supervisor(log_dir):
+    """mamql.supervisor.Supervisor whose children die with us (collections are long and unattended)."""
+    import subprocess
+
+    from mamql.supervisor import Supervisor, log
+
+    class ChildSafeSupervisor(Supervisor):
+        def start(self, name, args, metrics_port=0):
+            from mamql.supervisor import Child
+
+            child = self.children.get(name) or Child(name, args, self.log_dir / f"{name}.log", metrics_port)
+            self.children[name] = child
+            with open(child.log_path, "ab") as log_file:
+                child.popen = subprocess.Popen(
+                    [sys.executable, "-m", "mamql.cli", *child.args], stdout=log_file, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig,
+                )
+            log.info("started %s (pid %d): mamql %s", name, child.popen.pid, " ".join(args))
+            return child
+
+    return ChildSafeSupervisor(log_dir)
+
+
+def _resolve(args):
+    import time
+
+    from mamql.cli import config_from_args
+    from mamql.config import with_updates
+
+    config = config_from_args(args)
+    updates: dict[str, dict] = {"env": {}, "actor": {"mode": "expert", "table": args.table}, "run": {}}
+    if args.env:
+        updates["env"]["name"] = args.env
+    if args.expert:
+        updates["actor"]["expert"] = args.expert
+    if args.num_envs:
+        updates["actor"]["num_envs"] = args.num_envs
+    name = args.run_name or (config.run.name if config.run.name != "default" else None)
+    updates["run"]["name"] = name or f"collect-{(args.env or config.env.name).replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return with_updates(config, **updates)
+
+
+def _collect_table(args):
+    from mamql.config import TableConfig
+
+    margin = 4096  # actor insert batches may overshoot the limiter by one batch each
+    capacity = max(args.buffer, 2 * margin)
+    return TableConfig(name=args.table, capacity=capacity, sampler="fifo", min_size_to_sample=1,
+                       samples_per_insert=1.0, error_buffer=float(capacity - margin))
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from actors.collect import Target
+    from envs.registry import env_spec
+    from mamql.config import dump_config, with_updates
+    from mamql.log import setup_logging
+    from mamql.supervisor import free_port
+    from replay.dataset import DatasetError, DatasetWriter, spec_to_dict
+
+    if (args.transitions is None) == (args.episodes is None):
+        print("mamql collect: give exactly one of --transitions and --episodes", file=sys.stderr)
+        return 2
+    config = _resolve(args)
+    log = setup_logging("collect", config.run.log_level)
+    spec = env_spec(config.env.name, **config.env.kwargs)
+    target = Target(args.transitions, args.episodes)
+    info = {
+        "expert": {"mode": "expert", "kind": config.actor.expert, "epsilon": config.actor.epsilon,
+                   "policy_version": -1},
+        "collection": {"target": {"transitions": args.transitions, "episodes": args.episodes},
+                       "env_seed": config.env.seed, "num_envs": config.actor.num_envs,
+                       "seed_rule": "actor VectorEnv seed = env.seed + 100003 * actor_id; copy k is reset "
+                                    "with that + k, later episodes continue the copy's rng",
+                       "shard_transitions": args.shard_transitions, "runs": []},
+        "next_actor_id": 0,
+    }
+    env = {"name": spec.name, "kwargs": dict(config.env.kwargs), "spec": spec_to_dict(spec)}
+    try:
+        writer = DatasetWriter.open(args.out, env, resume=args.resume, shard_transitions=args.shard_transitions,
+                                    info=info)
+    except DatasetError as exc:
+        print(f"mamql collect: {exc}", file=sys.stderr)
+        return 2
+    writer.shard_transitions = args.shard_transitions
+    collection = dict(writer.manifest.get("collection", info["collection"]))
+    collection["target"] = {"transitions": args.transitions, "episodes": args.episodes}
+    if target.reached(writer):
+        writer.update(complete=True, collection=collection)
+        _print_summary(writer.manifest, args.out)
+        return 0
+
+    run_dir = Path(config.run.root) / config.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    first_id = int(writer.manifest.get("next_actor_id", 0))
+    n_actors = 0 if args.replay else args.actors
+    collection["runs"] = [*collection.get("runs", []), {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_dir": str(run_dir),
+        "replay": args.replay or "local", "actor_ids": list(range(first_id, first_id + n_actors)),
+        "start_transitions": writer.transitions}]
+    # Reserve the actor ids before any actor runs: a resumed collection never reuses them.
+    writer.update(collection=collection, next_actor_id=first_id + n_actors)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sup, address, actor_names = None, args.replay, []
+    if not args.replay:
+        port = free_port()
+        config = with_updates(config, replay={"host": "127.0.0.1", "port": port, "checkpoint_on_exit": False,
+                                              "tables": [_to_dict(_collect_table(args))]})
+        config_path = run_dir / "config.yaml"
+        config_path.write_text(dump_config(config))
+        sup = _supervisor(run_dir / "logs")
+        address = f"127.0.0.1:{port}"
+        try:
+            sup.wait_ready(sup.start("replay", ["replay", "--config", str(config_path)]), port)
+            for i in range(first_id, first_id + n_actors):
+                actor_names.append(f"actor-{i}")
+                sup.start(actor_names[-1], ["actor", "--config", str(config_path), "--replay", address,
+                                            "--actor-id", str(i), "--set", "metrics.enabled=false"])
+        except RuntimeError as exc:
+            print(f"mamql collect: {exc}", file=sys.stderr)
+            sup.stop(list(reversed(sup.children)))
+            return 1
+        _write_processes(sup, run_dir / "processes.json", port)
+    print(f"mamql collect: {spec.name} -> {args.out} via {address} ({n_actors or 'remote'} actors), "
+          f"run directory {run_dir}", flush=True)
+
+    code = _collect(args, config, writer, target, address, sup, actor_names, stop, log)
+    if sup:
+        sup.stop(actor_names, grace=15)
+        sup.stop(["replay"], grace=15)
+    return code
+
+
+def _to_dict(table) -> dict:
+    from mamql.config import to_dict
+
+    return to_dict(table)
+
+
+def _write_processes(sup, path, port: int) -> None:
+    import json
+
+    table = {n: {"pid": c.popen.pid, "log": str(c.log_path), "grpc_port": port if n == "replay" else 0}
+             for n, c in sup.children.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1))
+    tmp.replace(path)
+
+
+def _collect(args, config, writer, target, address, sup, actor_names, stop, log) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from actors.collect import Collector
+    from protos.rpc import Security
+    from replay.client import ReplayClient
+    from replay.errors import ReplayError
+
+    client = ReplayClient(address, Security.from_config(config.auth), config.replay.max_message_mb)
+    total = target.transitions if target.transitions is not None else target.episodes
+    bar = tqdm(total=total, initial=writer.transitions if target.transitions is not None else writer.episodes,
+               unit="tr" if target.transitions is not None else "ep", unit_scale=True, smoothing=0.1,
+               mininterval=0.5, disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
+
+    def progress(rows: int) -> None:
+        bar.update(rows if target.transitions is not None else 1)
+
+    def check() -> None:
+        if sup is None:
+            return
+        if not sup.children["replay"].alive():
+            raise RuntimeError(f"replay died:\n{sup.tail(sup.children['replay'])}")
+        dead = [n for n in actor_names if not sup.children[n].alive()]
+        if dead and len(dead) == len(actor_names):
+            raise RuntimeError(f"every actor exited; last log of {dead[0]}:\n{sup.tail(sup.children[dead[0]])}")
+
+    collector = Collector(client, args.table, writer, target, env_seed=config.env.seed, on_progress=progress)
+    started, start_rows = time.monotonic(), writer.transitions
+    code = 0
+    try:
+        if args.replay:
+            table = client.info().get(args.table)
+            if table is None:
+                raise RuntimeError(f"replay {address} has no table {args.table!r}")
+        finished = collector.run(stop, check)
+        if not finished:
+            code = 130
+    except (RuntimeError, ReplayError) as exc:
+        print(f"\nmamql collect: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        bar.close()
+        manifest = writer.close(complete=(code == 0 and target.reached(writer)))
+        client.close()
+    elapsed = time.monotonic() - started
+    log.info("read %d transitions, %d duplicates dropped, %d episodes skipped, %d rows left in partial "
+             "episodes", collector.read_rows, collector.assembler.duplicates, collector.skipped_episodes,
+             collector.assembler.pending_rows)
+    _print_summary(manifest, args.out, elapsed, manifest["counts"]["transitions"] - start_rows)
+    if code == 130:
+        print("interrupted: the dataset holds only complete shards; continue with --resume", flush=True)
+    return code
+
+
+def _print_summary(manifest: dict, out, elapsed: float | None = None, added: int = 0) -> None:
+    c = manifest["counts"]
+    rate = f"; this run wrote {added} in {elapsed:.1f}s ({added / max(elapsed, 1e-9):.0f}/s)" if elapsed else ""
+    print(f"dataset {out}: {c['transitions']} transitions, {c['episodes']} episodes, {c['shards']} shards"
+          f"{rate}; complete: {manifest['complete']}", flush=True)
+    for agent, r in manifest["returns"].items():
+        if r["episodes"]:
+            print(f"  {agent}: return {r['mean']:.2f} ± {r['std']:.2f} (min {r['min']:.2f}, max {r['max']:.2f}, "
+                  f"{r['episodes']} episodes)", flush=True)
