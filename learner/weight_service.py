@@ -33,7 +33,7 @@ class WeightStore:
         self.max_chunk_bytes = max_chunk_bytes
         self._cond = threading.Condition()
         self._version = 0
-        self._chunks: list[weights_pb2.WeightChunk] = []
+        self._chunks: list[bytes] = []  # serialized once per version, whatever the number of subscribers
         self._closed = False
 
     @property
@@ -55,13 +55,14 @@ class WeightStore:
 
     def publish_chunks(self, chunks: list[weights_pb2.WeightChunk]) -> None:
         version = chunks[0].version
+        serialized = [chunk.SerializeToString() for chunk in chunks]
         with self._cond:
             if version <= self._version:
                 raise ValueError(f"version {version} is not newer than the latest {self._version}")
-            self._version, self._chunks = version, chunks
+            self._version, self._chunks = version, serialized
             self._cond.notify_all()
 
-    def wait_newer(self, after: int, timeout: float) -> tuple[int, list[weights_pb2.WeightChunk]] | None:
+    def wait_newer(self, after: int, timeout: float) -> tuple[int, list[bytes]] | None:
         """The latest version if newer than `after`, waiting at most `timeout` seconds."""
         with self._cond:
             self._cond.wait_for(lambda: self._version > after or self._closed, timeout=timeout)
@@ -109,7 +110,7 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before a chunk with last=true")
 
-    def Subscribe(self, request, context) -> Iterator[weights_pb2.WeightChunk]:
+    def Subscribe(self, request, context) -> Iterator[bytes]:
         after = request.after_version
         self._subscribers.inc()
         try:
@@ -131,8 +132,31 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
 
 
 def serve_weights(store: WeightStore, server: grpc.Server, registry=None, max_bytes: int = 1 << 31) -> WeightServicer:
+    """Register the service. Subscribe and GetLatest stream the store's pre-serialized chunks (an
+    identity serializer), so N subscribers cost one serialization per version, not N."""
     servicer = WeightServicer(store, registry, max_bytes)
-    weights_pb2_grpc.add_WeightServiceServicer_to_server(servicer, server)
+    handlers = {
+        "Publish": grpc.stream_unary_rpc_method_handler(
+            servicer.Publish,
+            request_deserializer=weights_pb2.WeightChunk.FromString,
+            response_serializer=weights_pb2.PublishResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            servicer.Subscribe,
+            request_deserializer=weights_pb2.SubscribeRequest.FromString,
+            response_serializer=_identity,
+        ),
+        "GetLatest": grpc.unary_stream_rpc_method_handler(
+            servicer.GetLatest,
+            request_deserializer=weights_pb2.GetLatestRequest.FromString,
+            response_serializer=_identity,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     return servicer
+
+
+def _identity(data: bytes) -> bytes:
+    return data
 
 
