@@ -19,11 +19,12 @@ from mamql.metrics import MetricsServer, new_registry
 from protos import replay_pb2, replay_pb2_grpc
 from protos.rpc import Security, bind, make_server, set_serving
 from replay import checkpoint
-from replay.errors import InvalidArgument, ReplayError, Unavailable
+from replay.errors import DeadlineExceeded, InvalidArgument, ReplayError, Unavailable
 from replay.local import LocalReplay
 
 log = logging.getLogger("mamql.replay")
 SERVICE_NAME = "mamql.v1.ReplayService"
+WAIT_SLICE_S = 0.5  # a waiting Insert/Sample re-checks that its client is still there this often
 
 
 def _status(context, exc: ReplayError):
@@ -50,6 +51,22 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             timeout = remaining if timeout is None else min(timeout, remaining)
         return timeout
 
+    def _waiting(self, context, call, timeout: float | None):
+        """Run a rate-limited table call in slices of at most WAIT_SLICE_S seconds until it succeeds,
+        its deadline passes or the client goes away. Without slicing, a cancelled or disconnected
+        client's call kept its worker thread for the whole wait (up to replay.wait_timeout_s), so a
+        burst of abandoned streams made the server answer RESOURCE_EXHAUSTED for that long
+        (found by tests/reliability/test_reliability_security.py::test_stream_flood...)."""
+        limit = self.replay.config.wait_timeout_s if timeout is None else min(timeout, self.replay.config.wait_timeout_s)
+        deadline = time.monotonic() + max(limit, 0.0)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return call(max(min(remaining, WAIT_SLICE_S), 0.0))
+            except DeadlineExceeded:
+                if remaining <= WAIT_SLICE_S or not context.is_active() or self.stopping.is_set():
+                    raise
+
     def _decode(self, msg) -> dict:
         try:
             return decode_batch(msg, self.max_bytes)
@@ -66,7 +83,8 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                 try:
                     table = self.replay.table(req.table)  # NOT_FOUND before decoding
                     batch = self._decode(req.batch)
-                    n = self.replay.insert(table.name, batch, self._timeout(req.timeout_seconds, context))
+                    n = self._waiting(context, lambda t: self.replay.insert(table.name, batch, t),
+                                      self._timeout(req.timeout_seconds, context))
                 except ReplayError as exc:
                     if exc.code == "NOT_FOUND":
                         self.replay.reject("not_found")
@@ -85,8 +103,9 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                 try:
                     if request.batch_size == 0:
                         raise InvalidArgument("batch_size must be positive")
-                    sample = self.replay.sample(
-                        request.table, request.batch_size, self._timeout(request.timeout_seconds, context)
+                    sample = self._waiting(
+                        context, lambda t: self.replay.sample(request.table, request.batch_size, t),
+                        self._timeout(request.timeout_seconds, context),
                     )
                 except ReplayError as exc:
                     if exc.code == "NOT_FOUND":
