@@ -151,3 +151,24 @@ class Collector:
                 check()
                 last_check = time.monotonic()
         return True
+
+
+def rerun_expert(env_name: str, env_seed: int, actor_id: int, num_envs: int, expert: str = "scripted",
+                 env_kwargs: Mapping | None = None):
+    """Yield, forever, the transition batches actor `actor_id` sends in expert mode (same seeds,
+    episode ids and fields as actors.actor.Actor), so a dataset can be checked against a re-run."""
+    from envs.experts import make_expert
+    from envs.vector import VectorEnv, transition_batch
+
+    seed = actor_seed(env_seed, actor_id)
+    env = VectorEnv(env_name, num_envs, seed=seed, episode_id_start=actor_id << 40, **dict(env_kwargs or {}))
+    policy = make_expert(env_name, kind=expert, seed=seed)
+    obs = env.reset()
+    while True:
+        actions = policy.act(obs)
+        result = env.step(actions)
+        batch = transition_batch(obs, actions, result)
+        batch["actor_id"] = np.full(num_envs, actor_id, np.int32)
+        batch["policy_version"] = np.full(num_envs, -1, np.int64)
+        obs = result.obs
+        yield batch
