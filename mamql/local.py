@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -42,51 +43,64 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class StatusLine:
-    """Rates from successive /metrics scrapes of every process."""
+    """Rates and interval means from successive /metrics scrapes of every process.
+
+    Counters are differenced per process, and a counter that went down (a restarted actor) counts
+    from zero, so a restart never shows as a negative rate. Env steps are summed over all actors
+    ever started, so the learning curves in status.jsonl have a monotone x axis.
+    """
 
     def __init__(self):
         self.scraped: dict[str, dict] = {}
-        self.last: dict[str, float] = {}
+        self.previous: dict[tuple[str, str], float] = {}
+        self.env_steps = 0.0
         self.last_time = time.monotonic()
+        self.episodes: dict[str, tuple[float, float]] = {}  # agent -> (return sum, count) this interval
+
+    def _delta(self, process: str, key: str, value: float) -> float:
+        old = self.previous.get((process, key), 0.0)
+        self.previous[(process, key)] = value
+        return value - old if value >= old else value
 
     def measure(self, sup: Supervisor) -> dict:
         for name, child in sup.children.items():
             if child.alive() and child.metrics_port:
                 # a process between scrapes (starting, stopping) keeps its last numbers
                 self.scraped[name] = scrape(child.metrics_url) or self.scraped.get(name, {})
-        scraped = self.scraped
-        actors = [s for name, s in scraped.items() if name.startswith("actor")]
-        replay, learner = scraped.get("replay", {}), scraped.get("learner", {})
-        counters = {
-            "env_steps": sum(total(s, "mamql_actor_env_steps_total") for s in actors),
-            "inserted": total(replay, "mamql_replay_inserted_transitions_total", table="online"),
-            "sampled": total(replay, "mamql_replay_sampled_transitions_total", table="online"),
-            "updates": total(learner, "mamql_learner_updates_total"),
-            "lag_sum": total(learner, "mamql_learner_policy_lag_sum"),
-            "lag_count": total(learner, "mamql_learner_policy_lag_count"),
-        }
         now = time.monotonic()
         dt = max(now - self.last_time, 1e-6)
-        rate = {k: max(v - self.last.get(k, 0.0), 0.0) / dt for k, v in counters.items()}
-        lag_n = counters["lag_count"] - self.last.get("lag_count", 0.0)
-        lag = (counters["lag_sum"] - self.last.get("lag_sum", 0.0)) / lag_n if lag_n > 0 else None
-        returns: dict[str, list[float]] = {}
-        for s in actors:
-            for (name, labels), value in s.items():
-                if name == "mamql_actor_last_episode_return":
-                    returns.setdefault(dict(labels)["agent"], []).append(value)
-        self.last, self.last_time = counters, now
+        self.last_time = now
+        replay, learner = self.scraped.get("replay", {}), self.scraped.get("learner", {})
+        steps = 0.0
+        returns: dict[str, list[float]] = {}  # agent -> [sum, count] over actors, this interval
+        for name, samples in self.scraped.items():
+            if not name.startswith("actor"):
+                continue
+            steps += self._delta(name, "steps", total(samples, "mamql_actor_env_steps_total"))
+            for (metric, labels), value in samples.items():
+                if metric in ("mamql_actor_episode_return_sum", "mamql_actor_episode_return_count"):
+                    agent = dict(labels)["agent"]
+                    slot = returns.setdefault(agent, [0.0, 0.0])
+                    slot[metric.endswith("_count")] += self._delta(name, f"{metric}/{agent}", value)
+        self.env_steps += steps
+        inserted = self._delta("replay", "inserted", total(replay, "mamql_replay_inserted_transitions_total", table="online"))
+        sampled = self._delta("replay", "sampled", total(replay, "mamql_replay_sampled_transitions_total", table="online"))
+        updates = self._delta("learner", "updates", total(learner, "mamql_learner_updates_total"))
+        lag_sum = self._delta("learner", "lag_sum", total(learner, "mamql_learner_policy_lag_sum"))
+        lag_n = self._delta("learner", "lag_n", total(learner, "mamql_learner_policy_lag_count"))
         return {
             "time": time.time(),
-            "env_fps": rate["env_steps"],
-            "insert_per_s": rate["inserted"],
-            "sample_per_s": rate["sampled"],
-            "updates_per_s": rate["updates"],
-            "updates": counters["updates"],
-            "env_steps": counters["env_steps"],
-            "policy_lag": lag,
+            "env_fps": steps / dt,
+            "insert_per_s": inserted / dt,
+            "sample_per_s": sampled / dt,
+            "updates_per_s": updates / dt,
+            "updates": total(learner, "mamql_learner_updates_total"),
+            "env_steps": self.env_steps,
+            "policy_lag": lag_sum / lag_n if lag_n > 0 else None,
             "weight_version": total(learner, "mamql_learner_weight_version"),
-            "returns": {a: sum(v) / len(v) for a, v in returns.items()},
+            # mean return per agent of the episodes that ended in this interval (Boltzmann sampling)
+            "returns": {a: s / n for a, (s, n) in returns.items() if n > 0},
+            "episodes": max((n for _, n in returns.values()), default=0.0),
             "actors_alive": sum(1 for n, c in sup.children.items() if n.startswith("actor") and c.alive()),
         }
 
@@ -135,31 +149,49 @@ def run(args: argparse.Namespace) -> int:
     from mamql.log import setup_logging
 
     config = resolve(args)
-    log = setup_logging("local", config.run.log_level)
+    setup_logging("local", config.run.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_system(config, args.actors, args.demos, args.expert_transitions, stop, args.status_every)
+
+
+def collect_demos_process(sup: Supervisor, env: str, transitions: int, out: str, stop: threading.Event,
+                          seed: int = 0) -> int:
+    """`mamql demos collect` as a child process; returns its exit code (130 when stopped)."""
+    print(f"collecting {transitions} expert transitions -> {out}", flush=True)
+    child = sup.start("collect", ["demos", "collect", "--env", env, "--transitions", str(transitions),
+                                  "--out", out, "--seed", str(seed)])
+    while child.popen.poll() is None:
+        if stop.wait(0.2):
+            sup.stop(["collect"])
+            return 130
+    if child.popen.returncode != 0:
+        print(f"demo collection failed:\n{sup.tail(child)}", file=sys.stderr)
+    return child.popen.returncode
+
+
+def run_system(config: Config, actors: int, demos: str | None, expert_transitions: int,
+               stop: threading.Event, status_every: float = 2.0, quiet: bool = False) -> int:
+    """Replay + learner + `actors` actor processes until the learner finishes or `stop` is set.
+
+    Writes runs/<name>/ (config.yaml, status.jsonl, processes.json, logs/; the learner adds
+    metrics.jsonl and checkpoints/). Returns 0 when every process ended cleanly.
+    """
+    log = logging.getLogger("mamql.local")
     run_dir = Path(config.run.root) / config.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     config_path.write_text(dump_config(config))
     sup = Supervisor(run_dir / "logs")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     print(f"mamql local: run directory {run_dir}", flush=True)
 
-    demos = args.demos
     if not demos:
         demos = str(run_dir / "demos.npz")
         if not Path(demos).exists():
-            print(f"collecting {args.expert_transitions} expert transitions -> {demos}", flush=True)
-            child = sup.start("collect", ["demos", "collect", "--env", config.env.name,
-                                          "--transitions", str(args.expert_transitions), "--out", demos])
-            while child.popen.poll() is None:
-                if stop.wait(0.2):
-                    sup.stop(["collect"])
-                    return 130
-            if child.popen.returncode != 0:
-                print(f"demo collection failed:\n{sup.tail(child)}", file=sys.stderr)
-                return 1
+            code = collect_demos_process(sup, config.env.name, expert_transitions, demos, stop, config.run.seed)
+            if code != 0:
+                return code if code == 130 else 1
 
     common = ["--config", str(config_path)]
     replay_port, weights_port = free_port(), free_port()
@@ -174,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
                                         "--set", f"metrics.port={learner_metrics}"], metrics_port=learner_metrics)
         sup.wait_ready(learner, weights_port)
         actor_names = []
-        for i in range(args.actors):
+        for i in range(actors):
             port = free_port()
             name = f"actor-{i}"
             sup.start(name, ["actor", *common, "--replay", f"127.0.0.1:{replay_port}",
@@ -190,11 +222,12 @@ def run(args: argparse.Namespace) -> int:
     status = StatusLine()
     exit_code = 0
     with (run_dir / "status.jsonl").open("a") as status_file:
-        while not stop.wait(args.status_every):
+        while not stop.wait(status_every):
             snapshot = status.measure(sup)
             status_file.write(json.dumps(snapshot) + "\n")
             status_file.flush()
-            print(format_status(snapshot), flush=True)
+            if not quiet:
+                print(format_status(snapshot), flush=True)
             if not learner.alive():
                 if learner.popen.returncode != 0:
                     print(f"learner failed ({learner.popen.returncode}):\n{sup.tail(learner)}", file=sys.stderr)
