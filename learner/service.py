@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mamql.config import Config, dump_config
+from mamql.config import Config, dump_config, to_dict
 from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricsServer, new_registry
 from protos import rpc
 
@@ -162,7 +162,14 @@ class LearnerService:
 
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / "latest.pt"
-        save_checkpoint(path, self.updater, {"weight_version": self.version, "env": self.config.env.name})
+        save_checkpoint(path, self.updater, {
+            "config_json": json.dumps(to_dict(self.config)),  # `mamql evaluate` rebuilds the run from it
+            "env": self.config.env.name,
+            "algo": self.updater.algo,
+            "step": self.updater.step,
+            "weight_version": self.version,
+            "time": time.time(),
+        })
         return path
 
     def publish(self) -> int:
