@@ -3,7 +3,7 @@
 Without `--replay` it starts, like `mamql local`, a replay process holding one fifo table and N
 `mamql actor --mode expert` processes on 127.0.0.1; with `--replay HOST:PORT` it only reads that
 service's table, fed by actors started elsewhere. The run directory (runs/<name>/) holds the
-resolved config.yaml, logs/ and processes.json. Children get SIGTERM if this process dies (Linux
+resolved config.yaml, logs/ and processes.json. Children get SIGKILL if this process dies (Linux
 PR_SET_PDEATHSIG), so a killed collector leaves no actors behind; `--resume` then continues the
 dataset with fresh actor ids (hence fresh episode ids and seeds).
 """
@@ -44,7 +44,8 @@ def _pdeathsig() -> None:  # runs in the child between fork and exec
     import signal
 
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        # SIGKILL: with the collector gone, nothing the children hold in memory can reach the dataset
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
