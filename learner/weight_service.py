@@ -101,6 +101,8 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
                 chunks.append(chunk)
                 done = assembler.add(chunk)
                 if done is not None:
+                    if not done.tensors:  # found by tests/reliability fuzz: an empty version was accepted
+                        raise CodecError(f"version {done.version} has no parameters")
                     self.store.publish_chunks(chunks)
                     self._publish_bytes.observe(done.nbytes)
                     return weights_pb2.PublishResponse(version=done.version, bytes=done.nbytes)

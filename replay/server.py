@@ -7,11 +7,13 @@ with a status code (see replay.errors) and leaves the tables and the server as t
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from mamql.codec import CodecError, decode_batch, encode_batch, encode_tensor
 from mamql.config import Config
@@ -19,7 +21,7 @@ from mamql.metrics import MetricsServer, new_registry
 from protos import replay_pb2, replay_pb2_grpc
 from protos.rpc import Security, bind, make_server, set_serving
 from replay import checkpoint
-from replay.errors import DeadlineExceeded, InvalidArgument, ReplayError, Unavailable
+from replay.errors import DeadlineExceeded, InvalidArgument, ReplayError, ResourceExhausted, Unavailable
 from replay.local import LocalReplay
 
 log = logging.getLogger("mamql.replay")
@@ -67,6 +69,26 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                 if remaining <= WAIT_SLICE_S or not context.is_active() or self.stopping.is_set():
                     raise
 
+    def _check_sample_size(self, name: str, n: int) -> None:
+        """Refuse a Sample whose response could not be sent anyway, before gathering it.
+
+        Uniform sampling draws with replacement, so any batch_size used to be accepted: a request for
+        2**32 - 1 rows made the server allocate the whole batch (tens of GB, under the table lock) and
+        got the process OOM-killed (found by tests/reliability/test_reliability_fuzz.py). Now the
+        batch must fit the message limit; before the first insert fixes the row size, batch_size may
+        not exceed the table's capacity (which bounds the gather by the table's own storage)."""
+        table = self.replay.table(name)
+        storage = table.storage
+        if storage is None:
+            if n > table.capacity:
+                raise ResourceExhausted(f"batch_size {n} exceeds table {name!r} capacity {table.capacity} "
+                                        "(row size unknown until the first insert)")
+            return
+        row = sum(np.dtype(d).itemsize * math.prod(shape) for d, shape in storage.schema.values())
+        if n * row > self.max_bytes:
+            raise ResourceExhausted(f"a batch of {n} rows is {n * row} bytes, over the {self.max_bytes}-byte "
+                                    "message limit")
+
     def _decode(self, msg) -> dict:
         try:
             return decode_batch(msg, self.max_bytes)
@@ -103,6 +125,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                 try:
                     if request.batch_size == 0:
                         raise InvalidArgument("batch_size must be positive")
+                    self._check_sample_size(request.table, request.batch_size)
                     sample = self._waiting(
                         context, lambda t: self.replay.sample(request.table, request.batch_size, t),
                         self._timeout(request.timeout_seconds, context),
