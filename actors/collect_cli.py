@@ -185,8 +185,16 @@ def run(args: argparse.Namespace) -> int:
 
     code = _collect(args, config, writer, target, address, sup, actor_names, stop, log)
     if sup:
-        sup.stop(actor_names, grace=15)
-        sup.stop(["replay"], grace=15)
+        # Nothing the actors still hold can reach the dataset, and their final flush would wait on
+        # a full table: SIGKILL them, then stop the replay cleanly.
+        import os
+
+        for name in actor_names:
+            child = sup.children[name]
+            if child.alive():
+                os.killpg(child.popen.pid, signal.SIGKILL)
+            child.popen.wait()
+        sup.stop(["replay"], grace=10)
     return code
 
 

@@ -106,13 +106,6 @@ def read_manifest(path: str | Path) -> dict:
 # --------------------------------------------------------------------------- return statistics
 
 
-def _returns_of(batch: Mapping[str, np.ndarray], agents: list[str]) -> dict[str, np.ndarray]:
-    """Per-agent return of every episode in a shard-ordered batch (episodes are contiguous runs)."""
-    starts = np.flatnonzero(batch["step"] == 0)
-    return {a: np.add.reduceat(batch[f"reward/{a}"].astype(np.float64), starts) if len(starts) else np.zeros(0)
-            for a in agents}
-
-
 def _return_sums(returns: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     return {a: {"count": int(len(r)), "sum": float(r.sum()), "sumsq": float(np.square(r).sum()),
                 "min": float(r.min()) if len(r) else math.inf, "max": float(r.max()) if len(r) else -math.inf}
@@ -136,6 +129,26 @@ def summarize_returns(shards: list[dict], agents: list[str]) -> dict[str, dict[s
 
 
 # --------------------------------------------------------------------------- writing
+
+
+def write_npz(path: Path, episodes: list[Mapping[str, np.ndarray]], schema: Mapping[str, list]) -> None:
+    """An uncompressed .npz (what np.savez writes, np.load reads) streamed episode by episode, so
+    a shard is never concatenated in memory; fsynced before it may be renamed into place."""
+    import zipfile
+
+    rows = sum(len(e["step"]) for e in episodes)
+    with open(path, "wb") as f:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, (dtype, shape) in schema.items():
+                dtype = np.dtype(dtype)
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                              "shape": (rows, *shape)}
+                    np.lib.format.write_array_header_1_0(member, header)
+                    for e in episodes:
+                        member.write(memoryview(np.ascontiguousarray(e[key], dtype=dtype)).cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @dataclass
@@ -225,23 +238,18 @@ class DatasetWriter:
         """Write the buffered episodes as one shard and commit it to the manifest."""
         if not self._buffer:
             return None
-        schema = self.manifest["schema"]
-        batch = {k: np.ascontiguousarray(np.concatenate([e[k] for e in self._buffer]), dtype=d)
-                 for k, (d, _) in schema.items()}
         index = len(self.manifest["shards"])
         name = f"shard-{index:06d}.npz"
         tmp = self.path / f"{name}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **batch)
-            f.flush()
-            os.fsync(f.fileno())
+        write_npz(tmp, self._buffer, self.manifest["schema"])
+        returns = {a: np.array([e[f"reward/{a}"].sum(dtype=np.float64) for e in self._buffer]) for a in self.agents}
         shard = {
             "file": name,
-            "transitions": int(len(batch["step"])),
+            "transitions": self._buffered_rows,
             "episodes": len(self._buffer),
             "bytes": tmp.stat().st_size,
             "sha256": sha256_file(tmp),
-            "returns": _return_sums(_returns_of(batch, self.agents)),
+            "returns": _return_sums(returns),
         }
         os.replace(tmp, self.path / name)
         self._commit(shard)

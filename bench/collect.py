@@ -1,0 +1,112 @@
+"""Demo collection throughput: transitions/s written to disk by `mamql collect` with 1, 2, 4 actors,
+and its ratio to the raw rate of the same number of expert actor loops that do not stream.
+
+Prints ONE JSON line. Both rates are steady state: collection is timed from the first committed
+shard to the last (process start-up excluded) by polling the manifest; the raw rate runs N
+concurrent processes of actors.actor.Actor with a writer that drops batches, timed inside each
+process and summed. Every process counts on this machine's cores (see "cores" in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(_HERE)
+sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+
+class _DropWriter:
+    def put(self, batch, timeout=None):
+        return len(batch["done"])
+
+
+def raw_worker(env: str, num_envs: int, seconds: float) -> None:
+    """One expert actor loop without streaming; prints its transitions/s."""
+    from actors.actor import Actor
+    from mamql.config import load_config
+
+    config = load_config(None, [f"env.name={env}", "actor.mode=expert", f"actor.num_envs={num_envs}"])
+    actor = Actor(config, 0, _DropWriter())
+    actor.run(max_steps=num_envs * 50)  # warm-up
+    start, before = time.perf_counter(), actor.stats.env_steps
+    while time.perf_counter() - start < seconds:
+        actor.run(max_steps=actor.stats.env_steps + num_envs * 100)
+    print(json.dumps({"rate": (actor.stats.env_steps - before) / (time.perf_counter() - start)}), flush=True)
+
+
+def raw_rate(n: int, env: str, num_envs: int, seconds: float) -> float:
+    procs = [subprocess.Popen([sys.executable, __file__, "--raw-worker", "--env", env, "--num-envs", str(num_envs),
+                               "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+             for _ in range(n)]
+    return sum(json.loads(p.communicate()[0].strip().splitlines()[-1])["rate"] for p in procs)
+
+
+def collect_rate(n: int, env: str, num_envs: int, transitions: int, shard: int, work: str) -> dict:
+    out = os.path.join(work, f"ds-{n}")
+    cmd = [sys.executable, "-m", "mamql.cli", "collect", "--env", env, "--actors", str(n), "--num-envs",
+           str(num_envs), "--transitions", str(transitions), "--shard-transitions", str(shard), "--out", out,
+           "--no-progress", "--set", f"run.root={work}/runs", "--set", "run.log_level=WARNING"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    points, last = [], -1
+    manifest = os.path.join(out, "manifest.json")
+    while proc.poll() is None:
+        try:
+            with open(manifest) as f:
+                count = json.load(f)["counts"]["transitions"]
+        except (OSError, ValueError):
+            count = -1
+        if count > last and count > 0:
+            points.append((time.perf_counter(), count))
+            last = count
+        time.sleep(0.02)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"collect failed: {proc.stderr.read()[-2000:]}")
+    with open(manifest) as f:
+        final = json.load(f)["counts"]["transitions"]
+    if not points or points[-1][1] != final:
+        points.append((time.perf_counter(), final))
+    (t0, c0), (t1, c1) = points[0], points[-1]
+    return {"transitions": final, "steady_per_s": (c1 - c0) / max(t1 - t0, 1e-9), "wall_s": wall,
+            "end_to_end_per_s": final / wall}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--raw-worker", action="store_true")
+    p.add_argument("--env", default="gems")
+    p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--transitions", type=int, default=40_000)
+    p.add_argument("--shard-transitions", type=int, default=4_000)
+    p.add_argument("--actors", default="1,2,4")
+    args = p.parse_args()
+    if args.raw_worker:
+        return raw_worker(args.env, args.num_envs, args.seconds)
+    work = tempfile.mkdtemp(prefix="mamql-bench-collect-")
+    result: dict = {"bench": "collect", "env": args.env, "num_envs": args.num_envs, "cores": os.cpu_count(),
+                    "transitions_per_run": args.transitions, "actors": {}}
+    try:
+        for n in [int(x) for x in args.actors.split(",")]:
+            raw = raw_rate(n, args.env, args.num_envs, args.seconds)
+            col = collect_rate(n, args.env, args.num_envs, args.transitions, args.shard_transitions, work)
+            result["actors"][str(n)] = {"written_per_s": round(col["steady_per_s"]), "raw_env_per_s": round(raw),
+                                        "ratio": round(col["steady_per_s"] / raw, 3),
+                                        "end_to_end_per_s": round(col["end_to_end_per_s"]),
+                                        "wall_s": round(col["wall_s"], 2)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
