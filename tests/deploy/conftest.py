@@ -29,6 +29,6 @@ def ensure_debian_packages(packages: list[str], binaries: list[str]) -> None:
         pytest.skip(f"installed {packages} but {missing} still missing")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def debian_packages():
     return ensure_debian_packages
