@@ -134,9 +134,11 @@ def _critic_q(critic: torch.nn.Module, obs: np.ndarray, device: torch.device, ch
 
 @torch.no_grad()
 def reward_recovery(updater: Updater, demos: Mapping[str, np.ndarray], max_rows: int = 4096,
-                    epic_rows: int = 1024, epic_pool: int = 64, seed: int = 0) -> dict[str, dict[str, Any]]:
+                    epic_rows: int = 1024, epic_pool: int = 64, seed: int = 0,
+                    keep_rows: int = 0) -> dict[str, dict[str, Any]]:
     """Per agent: {"raw": affine_fit_metrics(r^, r_true) on up to max_rows expert rows,
-    "epic_pearson": shaping-invariant correlation (Gems only, else None)}."""
+    "epic_pearson": shaping-invariant correlation (Gems only, else None)}; with keep_rows > 0 also
+    "r_hat" and "r_true", numpy arrays of the first keep_rows of those rows (for scatter plots)."""
     rng = np.random.default_rng(seed)
     n = len(demos["done"])
     rows = np.sort(rng.choice(n, size=min(n, max_rows), replace=False))
@@ -156,6 +158,8 @@ def reward_recovery(updater: Updater, demos: Mapping[str, np.ndarray], max_rows:
         r_hat = recover_reward_from_q(q, q_next, acts, done, updater.gamma, updater.alpha)
         true = torch.as_tensor(demos[f"reward/{agent}"][rows]).float()
         result: dict[str, Any] = {"raw": affine_fit_metrics(r_hat, true), "epic_pearson": None}
+        if keep_rows:
+            result["r_hat"], result["r_true"] = r_hat[:keep_rows].numpy(), true[:keep_rows].numpy()
         if gems:
             result["epic_pearson"] = _gems_epic(q, q_next, acts, obs, nxt, demos, done, updater, epic_rows, epic_pool, rng)
         critic.train()

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "mamql.local",
     "actors.collect_cli",
     "replay.dataset_cli",
+    "experiments.cli",
 ]
 
 

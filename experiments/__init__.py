@@ -1,0 +1,1 @@
+"""Experiment suites that regenerate the paper's comparison through the distributed system."""

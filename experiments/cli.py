@@ -1,0 +1,71 @@
+"""`mamql experiment --suite NAME` and `mamql plot DIR...`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from experiments.suites import SUITES
+
+    p = sub.add_parser("experiment", help="run a suite of MAMQL / IQL-MA / BC runs through the distributed system")
+    p.add_argument("--suite", required=True, choices=sorted(SUITES))
+    p.add_argument("--out", default=None, help="results directory (default results/<suite>)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per (dataset, algo); default: the suite's")
+    p.add_argument("--algos", default=None, help="comma-separated subset, e.g. mamql,iqlma")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="extra config override for every run (repeatable)")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=run_experiment)
+
+    plot = sub.add_parser("plot", help="PNG plots of experiment results or run directories")
+    plot.add_argument("dirs", nargs="+", metavar="DIR", help="results/<suite> directories or run directories")
+    plot.set_defaults(func=run_plot)
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from experiments.plots import plot_results
+    from experiments.runner import run_suite, suite_by_name
+    from mamql.log import setup_logging
+
+    setup_logging("experiment")
+    suite = suite_by_name(args.suite)
+    out = Path(args.out or f"results/{suite.name}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"suite {suite.name}: {suite.notes}; expected time {suite.expected_minutes} min", flush=True)
+    algos = tuple(args.algos.split(",")) if args.algos else None
+    rows = run_suite(suite, out, seeds=args.seeds, extra=args.overrides, stop=stop, algos=algos)
+    if stop.is_set():
+        print("stopped; rerun the same command to continue where it stopped", flush=True)
+        return 130
+    if not args.no_plots:
+        for path in plot_results(out):
+            print(f"plot: {path}", flush=True)
+    print(f"{len(rows)} runs; summary: {out / 'summary.csv'}", flush=True)
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from experiments.plots import plot_results, single_run
+
+    for d in map(Path, args.dirs):
+        if (d / "runs").is_dir():
+            written = plot_results(d)
+        elif (d / "status.jsonl").exists():
+            written = single_run(d)
+        else:
+            print(f"mamql plot: {d} is neither a results directory (runs/) nor a run directory (status.jsonl)",
+                  file=sys.stderr)
+            return 2
+        for path in written:
+            print(path)
+    return 0

@@ -1,0 +1,197 @@
+"""Plots of experiment results (matplotlib, PNG): learning curves, reward recovery, sample efficiency.
+
+Learning curves come from each run's status.jsonl: the mean return of the episodes the actors
+finished in each status interval (Boltzmann sampling, i.e. how the policy behaves while training),
+averaged over agents, smoothed, put on a common x grid and shown as mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+COLORS = {"mamql": "tab:blue", "iqlma": "tab:orange", "bc": "tab:green"}
+LABELS = {"mamql": "MAMQL", "iqlma": "IQL-MA", "bc": "BC"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_curve(run_dir: Path, smooth: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(env steps, wall seconds, smoothed mean return) of one run."""
+    steps, times, returns = [], [], []
+    lines = [json.loads(x) for x in (run_dir / "status.jsonl").read_text().splitlines() if x.strip()]
+    t0 = lines[0]["time"] if lines else 0.0
+    for rec in lines:
+        if rec.get("returns"):
+            steps.append(rec["env_steps"])
+            times.append(rec["time"] - t0)
+            returns.append(float(np.mean(list(rec["returns"].values()))))
+    y = np.asarray(returns, dtype=float)
+    if len(y) >= smooth > 1:
+        kernel = np.ones(smooth) / smooth
+        y = np.convolve(np.pad(y, (smooth - 1, 0), mode="edge"), kernel, mode="valid")
+    return np.asarray(steps, float), np.asarray(times, float), y
+
+
+def parse_run_name(name: str) -> tuple[str, int, str, int]:
+    """`<env>-<demos>-<algo>-s<seed>` (env may contain '/' replaced by '_')."""
+    env, demos, algo, seed = name.rsplit("-", 3)
+    return env, int(demos), algo, int(seed[1:])
+
+
+def group_runs(run_dirs: list[Path]) -> dict[tuple[str, int, str], list[Path]]:
+    groups: dict[tuple[str, int, str], list[Path]] = defaultdict(list)
+    for run_dir in run_dirs:
+        if (run_dir / "status.jsonl").exists():
+            env, demos, algo, _ = parse_run_name(run_dir.name)
+            groups[(env, demos, algo)].append(run_dir)
+    return groups
+
+
+def _mean_std_on_grid(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 50):
+    curves = [(x, y) for x, y in curves if len(x) >= 2]
+    if not curves:
+        return None
+    end = min(x[-1] for x, _ in curves)
+    grid = np.linspace(0, end, points)
+    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, ys.mean(0), ys.std(0)
+
+
+def learning_curves(results: Path, out_dir: Path) -> list[Path]:
+    """One PNG per dataset: return vs env steps and vs wall-clock, one line per algorithm."""
+    plt = _pyplot()
+    baselines = json.loads((results / "baselines.json").read_text()) if (results / "baselines.json").exists() else {}
+    groups = group_runs(sorted((results / "runs").iterdir()))
+    written = []
+    for env, demos in sorted({(e, d) for e, d, _ in groups}):
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for algo in sorted(a for e, d, a in groups if (e, d) == (env, demos)):
+            curves = [read_curve(r) for r in groups[(env, demos, algo)]]
+            for ax, (xi, label) in zip(axes, ((0, "environment steps"), (1, "wall-clock seconds"))):
+                stats = _mean_std_on_grid([(c[xi], c[2]) for c in curves])
+                if stats is None:
+                    continue
+                grid, mean, std = stats
+                color = COLORS.get(algo)
+                ax.plot(grid, mean, color=color, label=f"{LABELS.get(algo, algo)} (n={len(curves)})")
+                ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2)
+                ax.set_xlabel(label)
+        base = baselines.get(f"{env}-{demos}", {})
+        for ax in axes:
+            if "expert" in base:
+                ax.axhline(base["expert"], color="black", linestyle="--", label="expert")
+            if "random" in base:
+                ax.axhline(base["random"], color="gray", linestyle=":", label="random")
+            ax.set_ylabel("mean return per agent (training episodes)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(loc="best")
+        fig.suptitle(f"{env}, {demos} expert transitions: learning curves (mean ± std over seeds)")
+        fig.tight_layout()
+        path = out_dir / f"curves-{env}-{demos}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def reward_scatter(results: Path, out_dir: Path) -> list[Path]:
+    """Recovered vs true reward on expert data, per agent, for the first seed of each algorithm."""
+    plt = _pyplot()
+    written = []
+    for run_dir in sorted((results / "runs").iterdir()):
+        path = run_dir / "recovery.npz"
+        if not path.exists() or not run_dir.name.endswith("-s0"):
+            continue
+        data = np.load(path, allow_pickle=False)
+        agents = sorted({k.split("/", 1)[1] for k in data.files if k.startswith("r_hat/")})
+        fig, axes = plt.subplots(1, len(agents), figsize=(5 * len(agents), 4.5), squeeze=False)
+        for ax, agent in zip(axes[0], agents):
+            r_hat, r_true = data[f"r_hat/{agent}"], data[f"r_true/{agent}"]
+            corr = float(np.corrcoef(r_hat, r_true)[0, 1]) if r_hat.std() > 0 and r_true.std() > 0 else float("nan")
+            jitter = np.random.default_rng(0).normal(0, 0.05, len(r_true))
+            ax.scatter(r_true + jitter, r_hat, s=4, alpha=0.3)
+            ax.set_xlabel("true reward (jittered)")
+            ax.set_ylabel("recovered reward r̂ = Q(s,a) − γV(s')")
+            ax.set_title(f"{agent}: Pearson {corr:.2f}")
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"reward recovery on expert data: {run_dir.name}")
+        fig.tight_layout()
+        out = out_dir / f"recovery-{run_dir.name}.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
+def sample_efficiency(results: Path, out_dir: Path) -> list[Path]:
+    """Final greedy return vs number of expert transitions, per algorithm (needs >= 2 dataset sizes)."""
+    summary = results / "summary.csv"
+    if not summary.exists():
+        return []
+    rows = list(csv.DictReader(summary.open()))
+    by: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by[(row["env"], row["algo"])][int(row["demos"])].append(float(row["greedy_return"]))
+    written = []
+    plt = _pyplot()
+    for env in sorted({e for e, _ in by}):
+        sizes = sorted({n for (e, _), d in by.items() if e == env for n in d})
+        if len(sizes) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for (e, algo), points in sorted(by.items()):
+            if e != env:
+                continue
+            xs = sorted(points)
+            ax.errorbar(xs, [np.mean(points[x]) for x in xs], yerr=[np.std(points[x]) for x in xs],
+                        marker="o", capsize=4, color=COLORS.get(algo), label=LABELS.get(algo, algo))
+        ax.set_xscale("log")
+        ax.set_xlabel("expert transitions")
+        ax.set_ylabel("final mean return per agent (greedy)")
+        ax.set_title(f"{env}: sample efficiency")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        out = out_dir / f"sample-efficiency-{env}.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
+def plot_results(results: Path) -> list[Path]:
+    out_dir = results / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return learning_curves(results, out_dir) + reward_scatter(results, out_dir) + sample_efficiency(results, out_dir)
+
+
+def single_run(run_dir: Path) -> list[Path]:
+    """Learning curve of one run directory (from `mamql local` or an experiment)."""
+    plt = _pyplot()
+    steps, times, returns = read_curve(run_dir)
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, x, label in ((axes[0], steps, "environment steps"), (axes[1], times, "wall-clock seconds")):
+        ax.plot(x, returns)
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean return per agent (training episodes)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run_dir.name}: learning curve")
+    fig.tight_layout()
+    path = out_dir / "curve.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -1,0 +1,77 @@
+"""Experiment suites: which runs make up a comparison, and the settings they share.
+
+A run is (env, number of expert transitions, algorithm, seed), trained through the distributed
+system (`mamql local` machinery: separate replay, learner and actor processes) for a fixed number
+of learner updates, then evaluated from its final checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    datasets: tuple[tuple[str, int], ...]  # (env, expert transitions)
+    algos: tuple[str, ...]
+    seeds: int
+    steps: int  # learner updates per run
+    actors: int = 2
+    eval_episodes: int = 32
+    overrides: tuple[str, ...] = ()  # `--set` overrides for every run
+    expected_minutes: str = ""  # on the 2-core CPU box the project is developed on
+    notes: str = ""
+
+
+# Small critics and batches so a run takes about a minute on 2 CPU cores; the trunk is the paper's.
+QUICK_OVERRIDES = (
+    "learner.hidden=[128]",
+    "learner.batch_size=64",
+    "learner.log_every=10",
+    "learner.checkpoint_every=0",
+    "weights.publish_every=5",
+    "actor.num_envs=4",
+    "replay.tables=[{name: online, capacity: 20000, min_size_to_sample: 500, samples_per_insert: 2.0, "
+    "error_buffer: 20000.0}]",
+)
+
+SUITES: dict[str, Suite] = {
+    "quick": Suite(
+        name="quick",
+        datasets=(("gems", 2_000),),
+        algos=("mamql", "iqlma"),
+        seeds=3,
+        steps=150,
+        actors=1,
+        eval_episodes=32,
+        overrides=QUICK_OVERRIDES,
+        expected_minutes="~10 (6 runs)",
+        notes="small head, batch 64+64, 150 updates: shows learning and the ordering, not final returns",
+    ),
+    "paper-gems": Suite(
+        name="paper-gems",
+        datasets=(("gems", 20_000), ("gems", 1_000)),
+        algos=("mamql", "iqlma", "bc"),
+        seeds=3,
+        steps=1_500,
+        actors=2,
+        eval_episodes=64,
+        overrides=("learner.log_every=50", "learner.checkpoint_every=500", "weights.publish_every=10"),
+        expected_minutes="~40 per run on 2 CPU cores (18 runs); ~1 per run on an H100/H200 learner",
+        notes="paper-size Gems critic (CNN -> 1024 -> 1024 -> 5), batch 256+256, lr 1e-3, gamma 0.99",
+    ),
+    "paper-kitchen": Suite(
+        name="paper-kitchen",
+        datasets=(("kitchen", 20_000),),
+        algos=("mamql", "iqlma", "bc"),
+        seeds=3,
+        steps=3_000,
+        actors=2,
+        eval_episodes=32,
+        overrides=("learner.log_every=50", "learner.checkpoint_every=500", "weights.publish_every=10",
+                   "learner.hidden=[512, 512]"),
+        expected_minutes="~30 per run on 2 CPU cores (9 runs)",
+        notes="MLP 512-512 instead of the paper's 2048-4096-2048 (CPU time); 400-step episodes",
+    ),
+}
