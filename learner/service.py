@@ -154,7 +154,14 @@ class LearnerService:
             return False
         extra = load_checkpoint(path, self.updater)
         self.version = int(extra.get("weight_version", 0))
-        log.info("resumed from %s at step %d, weight version %d", path, self.updater.step, self.version)
+        # After a crash the lost run may have published up to checkpoint_every / publish_every versions
+        # past the checkpoint. Reusing those numbers for different weights would make actors (whose
+        # subscribers accept only newer versions) ignore the resumed learner until it caught up, and
+        # make one version number name two weight sets. Skip past them (tests/reliability faults).
+        cfg = self.config
+        if cfg.learner.checkpoint_every:
+            self.version += cfg.learner.checkpoint_every // max(cfg.weights.publish_every, 1) + 1
+        log.info("resumed from %s at step %d, weight versions continue after %d", path, self.updater.step, self.version)
         return True
 
     def save(self) -> Path:
