@@ -69,14 +69,18 @@ class EpisodeAssembler:
         return done
 
     def _complete(self, key, p: _Partial) -> dict[str, np.ndarray] | None:
-        merged = {k: np.concatenate([part[k] for part in p.parts]) for k in p.parts[0]}
-        steps, first = np.unique(merged["step"], return_index=True)
-        if len(steps) < p.last_step + 1:
-            return None  # only duplicates so far; the missing steps are still on their way
-        self.duplicates += len(merged["step"]) - len(first)
-        keep = first[: p.last_step + 1]
-        episode = {k: np.ascontiguousarray(v[keep]) for k, v in merged.items()}
-        episode["env_seed"] = np.full(len(keep), actor_seed(self.env_seed, key[0]), dtype=np.int64)
+        n = p.last_step + 1
+        if len(p.parts) == 1 and p.rows == n and np.array_equal(p.parts[0]["step"], np.arange(n)):
+            # the common case: the whole episode came in one sample (rows are sorted by step)
+            episode = p.parts[0]
+        else:
+            merged = {k: np.concatenate([part[k] for part in p.parts]) for k in p.parts[0]}
+            steps, first = np.unique(merged["step"], return_index=True)
+            if len(steps) < n:
+                return None  # only duplicates so far; the missing steps are still on their way
+            self.duplicates += len(merged["step"]) - len(first)
+            episode = {k: v[first[:n]] for k, v in merged.items()}
+        episode["env_seed"] = np.full(n, actor_seed(self.env_seed, key[0]), dtype=np.int64)
         del self.partial[key]
         return episode
 

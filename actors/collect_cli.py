@@ -183,19 +183,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"mamql collect: {spec.name} -> {args.out} via {address} ({n_actors or 'remote'} actors), "
           f"run directory {run_dir}", flush=True)
 
-    code = _collect(args, config, writer, target, address, sup, actor_names, stop, log)
-    if sup:
-        # Nothing the actors still hold can reach the dataset, and their final flush would wait on
-        # a full table: SIGKILL them, then stop the replay cleanly.
-        import os
-
-        for name in actor_names:
-            child = sup.children[name]
-            if child.alive():
-                os.killpg(child.popen.pid, signal.SIGKILL)
-            child.popen.wait()
-        sup.stop(["replay"], grace=10)
+    try:
+        code = _collect(args, config, writer, target, address, sup, actor_names, stop, log)
+    finally:
+        if sup:
+            _stop_children(sup, actor_names)
     return code
+
+
+def _stop_children(sup, actor_names) -> None:
+    """SIGKILL the actors (nothing they still hold can reach the dataset, and their final flush
+    would wait on a full table), then stop the replay cleanly."""
+    import os
+    import signal
+
+    for name in actor_names:
+        child = sup.children[name]
+        if child.alive():
+            os.killpg(child.popen.pid, signal.SIGKILL)
+        child.popen.wait()
+    sup.stop(["replay"], grace=10)
 
 
 def _to_dict(table) -> dict:
