@@ -21,6 +21,7 @@ Algorithms:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -175,7 +176,16 @@ def _to_cpu(obj: Any) -> Any:
 
 
 def make_updater(spec: Any, learner_config: Any, device: str | torch.device | None = None, seed: int = 0) -> Updater:
-    """The Updater for learner_config.algo; device None = learner_config.device (`auto` = cuda if any)."""
+    """The Updater for learner_config.algo; device None = learner_config.device (`auto` = cuda if any).
+    learner_config.fast: the batched all-agents step (learner.fast) when the agents' shapes match,
+    else this plain Updater."""
+    if getattr(learner_config, "fast", False):
+        from learner.fast import FastUpdater, fast_supported
+
+        ok, why = fast_supported(spec, learner_config)
+        if ok:
+            return FastUpdater(spec, learner_config, device, seed)
+        logging.getLogger("mamql.learner").info("learner.fast: %s; using the plain per-agent updater", why)
     return Updater(spec, learner_config, device, seed)
 
 

@@ -100,6 +100,11 @@ class LearnerConfig:
     keep_checkpoints: int = 3  # newest learner checkpoints kept in runs/<name>/checkpoints
     torch_threads: int = 0  # 0 = cores left after actors
     compile: bool = False
+    # learner.fast (issue #12): all agents' critics in ONE batched step when their shapes match
+    # (falls back to the plain per-agent Updater otherwise). precision and cuda_graph act on CUDA.
+    fast: bool = False
+    precision: str = "fp32"  # fp32 | bf16 (autocast forward, fp32 master weights and loss)
+    cuda_graph: bool = True  # capture the whole fast step in one CUDA graph (CUDA only)
 
 
 @dataclass(frozen=True)
