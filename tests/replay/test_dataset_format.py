@@ -181,3 +181,20 @@ def test_refuses_unknown_format_and_stray_shards(tmp_path):
     (tmp_path / "x" / "shard-000000.npz").write_bytes(b"")
     with pytest.raises(DatasetError, match="no manifest"):
         DatasetWriter.open(tmp_path / "x", ENV)
+
+
+@pytest.mark.slow
+def test_mamql_train_accepts_a_dataset_dir(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write(tmp_path / "ds", expert_episodes(30))
+    res = subprocess.run(
+        [sys.executable, "-m", "mamql.cli", "train", "--env", "gems", "--demos", str(tmp_path / "ds"), "--steps", "2",
+         "--no-progress", "--set", f"run.root={tmp_path}", "--set", "learner.eval_every=0",
+         "--set", "learner.eval_episodes=1", "--set", "learner.seed_transitions=64", "--set", "actor.num_envs=2"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["step"] == 2 and result["demos"] == str(tmp_path / "ds")
