@@ -125,11 +125,18 @@ class Collector:
 
     def step(self, idle_wait: float = 0.01) -> int:
         """One round: read what is unread, write the episodes it completes; returns rows read."""
-        n = min(self.unread(), self.chunk)
-        if n <= 0:
-            time.sleep(idle_wait)
+        from replay.errors import DeadlineExceeded, Unavailable
+
+        try:
+            n = min(self.unread(), self.chunk)
+            if n <= 0:
+                time.sleep(idle_wait)
+                return 0
+            sample = self.client.sample(self.table, n, timeout=10.0)
+        except (DeadlineExceeded, Unavailable) as exc:  # a replay restarting, a limiter holding samples
+            log.warning("replay not answering (%s); retrying", exc)
+            time.sleep(0.5)
             return 0
-        sample = self.client.sample(self.table, n, timeout=10.0)
         self.read_rows += n
         for episode in self.assembler.add(sample.batch):
             if self.target.reached(self.writer):
