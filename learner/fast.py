@@ -114,13 +114,20 @@ class FastUpdater:
         self.state_keys = list(modules[0].state_dict().keys())  # flatten_weights order
         self.param_names = [n for n, _ in modules[0].named_parameters()]  # Adam's param index order
         params, buffers = stack_module_state(modules)
-        self.params: dict[str, Tensor] = {n: params[n] for n in self.param_names}
+        # Linear weights [agents, out, in] are STORED transposed, as contiguous [agents, in, out]
+        # leaves seen through .mT: the vmapped matmul's backward produces exactly that layout, so
+        # AccumulateGrad and fused Adam never copy (a strided transpose of the largest tensors
+        # otherwise costs as much as the matmuls on CPU). self.params gives the logical views.
+        self._transposed = {n for n in self.param_names if params[n].dim() == 3}
+        self.leaves: dict[str, Tensor] = {
+            n: params[n].detach().mT.contiguous().requires_grad_(True) if n in self._transposed else params[n]
+            for n in self.param_names}
         self.buffers: dict[str, Tensor] = dict(buffers)
         self._base = copy.deepcopy(modules[0]).to("meta")  # architecture only; weights come from self.params
         self._template = modules[0].cpu()  # a plain Adam over it gives the checkpoint's param_groups
         del modules
-        kw: dict[str, Any] = {"fused": True, "capturable": True} if self.cuda else {"foreach": True}
-        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=float(config.lr),
+        kw: dict[str, Any] = {"fused": True, "capturable": True} if self.cuda else {"fused": True}
+        self.optimizer = torch.optim.Adam(list(self.leaves.values()), lr=float(config.lr),
                                           weight_decay=self.weight_decay, **kw)
         self.rng = torch.Generator().manual_seed(int(seed))  # advanced as the plain path's agent order
         self.step = 0
@@ -132,6 +139,19 @@ class FastUpdater:
         self._slot_events: list[Any] = [None, None]
         self._slot = 0
 
+    def _logical(self, t: Tensor, name: str) -> Tensor:
+        """A leaf-shaped tensor (parameter or Adam moment) seen as [agents, *param shape]."""
+        return t.mT if name in self._transposed else t
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        """name -> stacked parameter [agents, *shape] (views of the leaves; differentiable)."""
+        return {n: self._logical(self.leaves[n], n) for n in self.param_names}
+
+    def grads(self) -> dict[str, Tensor | None]:
+        """name -> stacked gradient of the last update, [agents, *shape]."""
+        return {n: None if p.grad is None else self._logical(p.grad, n) for n, p in self.leaves.items()}
+
     # ------------------------------------------------------------------ static input buffers
     def _allocate(self, n_exp: int, n_on: int) -> None:
         """Preallocated inputs: obs_all [agents, 2N, ...] (rows: s of expert, s of online, s' of
@@ -141,7 +161,7 @@ class FastUpdater:
         a0 = self.agents[0]
         obs_dtype = torch.from_numpy(np.zeros(0, dtype=np.dtype(self.spec.obs_dtype[a0]))).dtype
         if obs_dtype.is_floating_point:  # float observations take the weights' dtype (fp64 in tests)
-            obs_dtype = next(iter(self.params.values())).dtype
+            obs_dtype = next(iter(self.leaves.values())).dtype
         shape = tuple(self.spec.obs_shape[a0])
         self._obs = torch.zeros((len(self.agents), 2 * n, *shape), dtype=obs_dtype, device=self.device)
         self._actions = torch.zeros((len(self.agents), n), dtype=torch.long, device=self.device)
@@ -256,8 +276,8 @@ class FastUpdater:
 
     def _snapshot(self) -> dict:
         with torch.no_grad():
-            params = {n: p.detach().clone() for n, p in self.params.items()}
-            state = {n: {k: v.clone() for k, v in self.optimizer.state[p].items()} for n, p in self.params.items()
+            params = {n: p.detach().clone() for n, p in self.leaves.items()}
+            state = {n: {k: v.clone() for k, v in self.optimizer.state[p].items()} for n, p in self.leaves.items()
                      if self.optimizer.state.get(p)}
         return {"params": params, "state": state}
 
@@ -265,7 +285,7 @@ class FastUpdater:
         """In place (copy_), so captured addresses stay valid. Adam state that did not exist before
         the warm-up is zeroed: step 0 with zero moments IS a fresh Adam."""
         with torch.no_grad():
-            for n, p in self.params.items():
+            for n, p in self.leaves.items():
                 p.copy_(saved["params"][n])
                 for k, v in self.optimizer.state[p].items():
                     if n in saved["state"]:
@@ -276,7 +296,7 @@ class FastUpdater:
     # ------------------------------------------------------------------ weights and state
     def _agent_tensors(self, i: int) -> dict[str, Tensor]:
         every = {**self.params, **self.buffers}
-        return {k: every[k][i].detach().cpu().clone() for k in self.state_keys}  # never a live view
+        return {k: every[k][i].detach().cpu().clone(memory_format=torch.contiguous_format) for k in self.state_keys}
 
     def policy_weights(self) -> dict[str, Tensor]:
         """Flat `<agent>/<param>` CPU tensors, named exactly as the plain path's flatten_weights."""
@@ -306,11 +326,11 @@ class FastUpdater:
         for i, a in enumerate(self.agents):
             state = {}
             for j, n in enumerate(self.param_names):
-                s = self.optimizer.state.get(self.params[n])
+                s = self.optimizer.state.get(self.leaves[n])
                 if s:
+                    moment = lambda k: self._logical(s[k], n)[i].detach().cpu().clone(memory_format=torch.contiguous_format)
                     state[j] = {"step": s["step"].detach().float().cpu().reshape(()).clone(),
-                                "exp_avg": s["exp_avg"][i].detach().cpu().clone(),
-                                "exp_avg_sq": s["exp_avg_sq"][i].detach().cpu().clone()}
+                                "exp_avg": moment("exp_avg"), "exp_avg_sq": moment("exp_avg_sq")}
             optimizers[a] = {"state": state, "param_groups": copy.deepcopy(groups)}
         return {
             "format": CHECKPOINT_FORMAT,
@@ -336,22 +356,20 @@ class FastUpdater:
                 for key in ("lr", "betas", "eps", "weight_decay"):
                     g[key] = group[key]
             for j, n in enumerate(self.param_names):
-                p = self.params[n]
+                p = self.leaves[n]
                 per_agent = [o["state"].get(j, o["state"].get(str(j))) for o in opts]
                 if any(s is None for s in per_agent):
                     self.optimizer.state.pop(p, None)  # a fresh Adam for this tensor
                     continue
                 step = float(torch.as_tensor(per_agent[0]["step"]))
                 on_device = self.cuda  # fused/capturable Adam keeps its step counter on the device
-                new = {"step": torch.tensor(step, dtype=torch.float32, device=p.device if on_device else "cpu"),
-                       "exp_avg": torch.stack([s["exp_avg"] for s in per_agent]).to(p.device, p.dtype),
-                       "exp_avg_sq": torch.stack([s["exp_avg_sq"] for s in per_agent]).to(p.device, p.dtype)}
-                old = self.optimizer.state.get(p)
-                if old:
-                    for k, v in new.items():
-                        old[k].copy_(v)
-                else:
-                    self.optimizer.state[p] = new
+                target = self.optimizer.state.get(p) or {
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
+                    "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                target["step"].fill_(step)
+                for k in ("exp_avg", "exp_avg_sq"):  # in place: a captured graph's addresses stay valid
+                    self._logical(target[k], n).copy_(torch.stack([torch.as_tensor(s[k]) for s in per_agent]))
+                self.optimizer.state[p] = target
         self.rng.set_state(state["rng"])
         self.step = int(state["step"])
         self._graph = None  # Adam state tensors may be new objects

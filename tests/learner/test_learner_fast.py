@@ -39,7 +39,7 @@ def to_fp64(plain: Updater, fast: FastUpdater) -> None:
     """Both updaters in float64 (in place, so their optimizers keep the same parameter objects)."""
     for m in plain.critics.values():
         m.double()
-    for p in fast.params.values():
+    for p in fast.leaves.values():
         p.data = p.data.double()
 
 
@@ -50,7 +50,8 @@ def params_of(u) -> dict[str, torch.Tensor]:
 def grads_of(u) -> dict[str, torch.Tensor]:
     if isinstance(u, Updater):
         return {f"{a}/{n}": p.grad for a, m in u.critics.items() for n, p in m.named_parameters()}
-    return {f"{a}/{n}": u.params[n].grad[i] for i, a in enumerate(u.agents) for n in u.param_names}
+    grads = u.grads()
+    return {f"{a}/{n}": grads[n][i] for i, a in enumerate(u.agents) for n in u.param_names}
 
 
 def assert_params_close_fp32(a: dict, b: dict, updates: int) -> None:
@@ -137,7 +138,7 @@ def test_checkpoints_are_interchangeable(tmp_path):
     fresh = FastUpdater(spec, cfg(), "cpu", 0)
     Updater(spec, cfg(), "cpu", 1).load_state_dict(fresh.state_dict())
     fresh.load_state_dict(Updater(spec, cfg(), "cpu", 1).state_dict())
-    assert fresh.step == 0 and not any(fresh.optimizer.state.get(p) for p in fresh.params.values())
+    assert fresh.step == 0 and not any(fresh.optimizer.state.get(p) for p in fresh.leaves.values())
 
 
 def test_make_updater_falls_back_when_agents_differ():
