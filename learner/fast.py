@@ -179,7 +179,11 @@ class FastUpdater:
         if isinstance(src, Tensor) and (src.device == self.device or not self.cuda):
             dst.copy_(src)
             return
-        host = torch.as_tensor(np.ascontiguousarray(src)) if not isinstance(src, Tensor) else src
+        if not isinstance(src, Tensor):
+            src = np.ascontiguousarray(src)
+            host = torch.from_numpy(src if src.flags.writeable else src.copy())  # replay hands out read-only views
+        else:
+            host = src
         if not self.cuda:
             dst.copy_(host)
             return
