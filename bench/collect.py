@@ -6,8 +6,8 @@ shard to the last (process start-up excluded) by polling the manifest; the raw r
 concurrent processes of actors.actor.Actor with a writer that drops batches, timed inside each
 process and summed. Because wall-clock rates on a shared machine swing with other users' load,
 `cpu_efficiency` gives the load-independent view: raw actor CPU per transition / whole-pipeline
-CPU per written transition (actors + replay + collector, marginal over a small run so process
-start-up is excluded); on dedicated cores, CPU-bound, the throughput ratio tends to it. Each is measured `--repeats` times, alternating, and the best kept (on a shared
+CPU per written transition (actors + replay + collector, from /proc, over the same steady
+window); on dedicated cores, CPU-bound, the throughput ratio tends to it. Each is measured `--repeats` times, alternating, and the best kept (on a shared
 machine other load only slows a run down). Every process counts on this machine's cores.
 """
 
@@ -57,12 +57,21 @@ def raw_rate(n: int, env: str, num_envs: int, seconds: float) -> tuple[float, fl
     return sum(o["rate"] for o in out), sum(o["cpu_us"] for o in out) / n
 
 
-def children_cpu() -> float:
-    """CPU seconds of every waited-for descendant (collect, and the replay and actors it reaped)."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by `root` and its direct children (the replay and the actors)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == root or int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def collect_rate(n: int, env: str, num_envs: int, transitions: int, shard: int, work: str) -> dict:
@@ -71,7 +80,7 @@ def collect_rate(n: int, env: str, num_envs: int, transitions: int, shard: int, 
     cmd = [sys.executable, "-m", "mamql.cli", "collect", "--env", env, "--actors", str(n), "--num-envs",
            str(num_envs), "--transitions", str(transitions), "--shard-transitions", str(shard), "--out", out,
            "--no-progress", "--set", f"run.root={work}/runs", "--set", "run.log_level=WARNING"]
-    started, cpu = time.perf_counter(), children_cpu()
+    started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     points, last = [], -1
     manifest = os.path.join(out, "manifest.json")
@@ -81,21 +90,20 @@ def collect_rate(n: int, env: str, num_envs: int, transitions: int, shard: int, 
                 count = json.load(f)["counts"]["transitions"]
         except (OSError, ValueError):
             count = -1
-        if count > last and count > 0:
-            points.append((time.perf_counter(), count))
+        if count > last and count > 0:  # a shard was committed: a point of the steady window
+            points.append((time.perf_counter(), count, tree_cpu(proc.pid)))
             last = count
         time.sleep(0.02)
     wall = time.perf_counter() - started
-    cpu = children_cpu() - cpu
     if proc.returncode != 0:
         raise RuntimeError(f"collect failed: {proc.stderr.read()[-2000:]}")
     with open(manifest) as f:
         final = json.load(f)["counts"]["transitions"]
-    if not points or points[-1][1] != final:
-        points.append((time.perf_counter(), final))
-    (t0, c0), (t1, c1) = points[0], points[-1]
-    return {"transitions": final, "cpu_s": cpu, "steady_per_s": (c1 - c0) / max(t1 - t0, 1e-9), "wall_s": wall,
-            "end_to_end_per_s": final / wall}
+    # the window runs from the first to the last shard seen while the process ran; both ends are
+    # shard commits, so partial episodes and the actors' overshoot past the target stay outside it
+    (t0, c0, cpu0), (t1, c1, cpu1) = points[0], points[-1]
+    return {"transitions": final, "steady_per_s": (c1 - c0) / max(t1 - t0, 1e-9),
+            "cpu_us": 1e6 * (cpu1 - cpu0) / max(c1 - c0, 1), "wall_s": wall, "end_to_end_per_s": final / wall}
 
 
 def main() -> None:
@@ -122,9 +130,7 @@ def main() -> None:
                 raws.append(raw_rate(n, args.env, args.num_envs, args.seconds))
                 cols.append(collect_rate(n, args.env, args.num_envs, args.transitions, args.shard_transitions, work))
             (raw, raw_cpu), col = max(raws), max(cols, key=lambda c: c["steady_per_s"])
-            # CPU per written transition, start-up excluded: the marginal cost over a small collection
-            small = collect_rate(n, args.env, args.num_envs, args.transitions // 10, args.shard_transitions, work)
-            cpu_us = 1e6 * (col["cpu_s"] - small["cpu_s"]) / (col["transitions"] - small["transitions"])
+            cpu_us = min(c["cpu_us"] for c in cols)
             result["actors"][str(n)] = {"written_per_s": round(col["steady_per_s"]), "raw_env_per_s": round(raw),
                                         "ratio": round(col["steady_per_s"] / raw, 3),
                                         "cpu_us_per_transition": round(cpu_us, 1),
