@@ -226,7 +226,8 @@ class FastUpdater:
         Static shapes only and no host syncs: this is the body the CUDA graph captures. Returns the
         detached terms [agents, len(TERM_NAMES)]."""
         n = self._done.shape[0]
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+        # no autocast weight-cast cache: it would outlive a graph capture (torch.cuda.graphs docs)
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False) if self.precision == "bf16"
                     else nullcontext())
         with autocast:
             q_all = vmap(self._critic)(self.params, self.buffers, self._obs)
