@@ -155,6 +155,10 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
 
     def Checkpoint(self, request, context):
         path = request.path or self.checkpoint_dir
+        if not checkpoint_path_allowed(path, self.checkpoint_dir):
+            self.replay.reject("checkpoint_path")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"checkpoint path {path!r} is outside the server's working directory and checkpoint root")
         try:
             return replay_pb2.CheckpointResponse(path=path, transitions=self.checkpoint(path))
         except OSError as exc:
@@ -166,6 +170,14 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             n = checkpoint.save(self.replay.snapshot(), path)
             log.info("checkpoint: %d transitions to %s in %.2fs", n, path, time.monotonic() - start)
             return n
+
+
+def checkpoint_path_allowed(path: str, checkpoint_dir: str) -> bool:
+    """A client may name where a checkpoint goes, but only below the server's working directory or
+    its configured checkpoint root: the RPC must not become a write-anywhere primitive."""
+    target = Path(path).resolve()
+    roots = (Path.cwd().resolve(), Path(checkpoint_dir).resolve().parent)
+    return any(target == root or root in target.parents for root in roots)
 
 
 def default_checkpoint_dir(config: Config) -> str:

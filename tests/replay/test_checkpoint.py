@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from replay import checkpoint
 from replay.checkpoint import CheckpointError
 from replay.client import ReplayClient
+from replay.errors import ReplayError
 from replay.local import LocalReplay
 from replay_helpers import REPO, gems_batch, make_config, small_batch, spawn_server
 
@@ -129,3 +131,19 @@ def test_kill9_then_restore_gives_same_contents(tmp_path, subprocess_servers):
         np.testing.assert_array_equal(got.keys, np.arange(120, dtype=np.uint64))
         for field in batches[0]:
             np.testing.assert_array_equal(got.batch[field], np.concatenate([b[field] for b in batches]))
+
+
+def test_checkpoint_rpc_refuses_paths_outside_its_roots(tmp_path, subprocess_servers):
+    import grpc
+
+    (tmp_path / "config.yaml").write_text(CONFIG_YAML)
+    proc, port = spawn_server(tmp_path, "--config", "config.yaml")
+    subprocess_servers.append(proc)
+    with ReplayClient(f"127.0.0.1:{port}") as client:
+        client.insert("online", gems_batch(4), timeout=5)
+        for outside in ("/etc/mamql-ck", str(tmp_path.parent / "elsewhere"), str(tmp_path / ".." / "up")):
+            with pytest.raises(ReplayError) as err:
+                client.checkpoint(outside)
+            assert err.value.grpc_code == grpc.StatusCode.PERMISSION_DENIED
+            assert not Path(outside).exists()
+        assert client.checkpoint(str(tmp_path / "inside"))[1] == 4
