@@ -66,6 +66,9 @@ class LearnerMetrics:
             "mamql_learner_online_transitions_consumed", "Online transitions used in updates", registry=registry
         )
         self.gpu_memory = Gauge("mamql_learner_gpu_memory_bytes", "CUDA memory allocated", registry=registry)
+        self.replay_ratio = Gauge(
+            "mamql_learner_replay_ratio", "Online rows consumed per online transition inserted", registry=registry
+        )
 
 
 def weights_to_numpy(tensors: dict, wire_dtype: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -124,6 +127,7 @@ class LearnerService:
         self.metrics_server: MetricsServer | None = None
         self._stop = threading.Event()
         self.version = 0
+        self.online_consumed = 0  # online transitions used by updates in this process
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> int:
@@ -220,6 +224,7 @@ class LearnerService:
                 self.metrics.update_seconds.observe(time.perf_counter() - started)
                 self.metrics.updates.inc()
                 self.metrics.consumed.inc(len(online["done"]))
+                self.online_consumed += len(online["done"])
                 done += 1
                 step = self.updater.step
                 if step % self.config.weights.publish_every == 0:
@@ -248,10 +253,26 @@ class LearnerService:
             import torch
 
             self.metrics.gpu_memory.set(torch.cuda.memory_allocated())
+        ratio = self._replay_ratio()
         if metrics_file:
-            record = {"time": time.time(), "step": self.updater.step, "weight_version": self.version, **terms}
+            record = {"time": time.time(), "step": self.updater.step, "weight_version": self.version,
+                      "replay_ratio": ratio, **terms}
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
+
+
+    def _replay_ratio(self) -> float | None:
+        """Online rows consumed per online transition inserted (one Info call per log interval)."""
+        from learner.fast import replay_ratio
+        from replay.errors import ReplayError
+
+        try:
+            inserted = self.client.info(timeout=2.0)[self.config.actor.table].inserted
+        except (ReplayError, KeyError):
+            return None
+        ratio = replay_ratio(self.online_consumed, inserted)
+        self.metrics.replay_ratio.set(ratio)
+        return ratio
 
 
 def write_run_config(config: Config, run_dir: Path) -> None:
