@@ -30,6 +30,15 @@ EXPERT_VERSION = -1  # policy_version of transitions from a scripted expert
 RANDOM_VERSION = 0  # policy_version of uniform random play (no weights yet)
 
 
+ACTOR_SEED_STRIDE = 100_003  # actor k's env copies are seeded from env.seed + stride * k
+
+
+def actor_seed(env_seed: int, actor_id: int) -> int:
+    """The seed of actor `actor_id`'s environments (and expert): distinct per actor, reproducible,
+    so a dataset can name the seed each episode was played from."""
+    return env_seed + ACTOR_SEED_STRIDE * actor_id
+
+
 class RandomPolicy:
     """Uniform random actions: the policy before the first weights arrive."""
 
@@ -94,7 +103,7 @@ class Actor:
         self.writer, self.subscriber = writer, subscriber
         env_kwargs = dict(config.env.kwargs)
         self.spec = env_spec(config.env.name, **env_kwargs)
-        seed = config.env.seed + 100_003 * actor_id
+        seed = actor_seed(config.env.seed, actor_id)
         self.env = VectorEnv(
             config.env.name, config.actor.num_envs, seed=seed, episode_id_start=actor_id << 40, **env_kwargs
         )
@@ -109,7 +118,9 @@ class Actor:
         elif mode == "expert":
             from envs.experts import make_expert
 
-            self.policy, self.version = make_expert(config.env.name, kind=config.actor.expert, seed=seed), EXPERT_VERSION
+            expert = make_expert(config.env.name, kind=config.actor.expert, seed=seed, epsilon=config.actor.epsilon,
+                                 **env_kwargs)
+            self.policy, self.version = expert, EXPERT_VERSION
         elif mode == "random":
             self.policy, self.version = self._random, RANDOM_VERSION
         elif mode == "learned":

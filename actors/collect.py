@@ -19,17 +19,10 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from actors.actor import actor_seed
 from replay.dataset import DatasetWriter
 
 log = logging.getLogger("mamql.collect")
-
-ACTOR_SEED_STRIDE = 100_003  # actors.actor.Actor: VectorEnv seed = env.seed + 100_003 * actor_id
-
-
-def actor_seed(env_seed: int, actor_id: int) -> int:
-    """The VectorEnv seed of actor `actor_id`; its copy k is reset with this + k (tests pin the rule)."""
-    return int(env_seed) + ACTOR_SEED_STRIDE * int(actor_id)
-
 
 @dataclass
 class _Partial:
