@@ -118,7 +118,7 @@ class LearnerService:
         self.rejected = Counter("mamql_weights_rejected_requests", "Weight-service requests refused, by reason",
                                 ["reason"], registry=self.registry)
         self.server, self.health = rpc.make_server(
-            self.security, config.weights.max_message_mb,
+            self.security, config.weights.max_message_mb, max_workers=config.weights.max_workers,
             on_reject=lambda method: self.rejected.labels("unauthenticated").inc(),
         )
         serve_weights(self.store, self.server, self.registry)

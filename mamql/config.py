@@ -56,6 +56,9 @@ class ReplayConfig:
     )
     capacity: int = 100_000  # default capacity for tables created without an explicit config
     max_message_mb: int = 64
+    # Each long-lived stream (an actor's Insert, a learner's Sample) holds one worker thread: size
+    # this above the number of actors + learners that connect (RPCs beyond 4x this are refused).
+    max_workers: int = 64
     reject_nan: bool = True
     wait_timeout_s: float = 30.0  # upper bound on any rate-limiter wait
     checkpoint_dir: str = ""  # empty = run_dir/checkpoints/replay
@@ -113,6 +116,7 @@ class WeightsConfig:
     publish_every: int = 10  # learner updates between versions
     dtype: str = "float32"  # float32 | bfloat16 | float16 on the wire
     max_message_mb: int = 64
+    max_workers: int = 64  # one per subscribed actor, plus a few
 
 
 @dataclass(frozen=True)

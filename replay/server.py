@@ -187,7 +187,7 @@ def default_checkpoint_dir(config: Config) -> str:
 class ReplayServer:
     """The service plus its /metrics endpoint; in-process for tests (`start()` -> port, `stop()`)."""
 
-    def __init__(self, config: Config, registry=None, restore: str | None = None, max_workers: int = 32):
+    def __init__(self, config: Config, registry=None, restore: str | None = None, max_workers: int | None = None):
         self.config = config
         self.registry = registry if registry is not None else new_registry()
         self.replay = LocalReplay(config.replay, registry=self.registry)
@@ -198,7 +198,7 @@ class ReplayServer:
         self.security.check_bind(config.replay.host, config.auth.insecure_no_auth)
         self.servicer = ReplayServicer(self.replay, config.replay.max_message_mb << 20, default_checkpoint_dir(config))
         self.server, self.health = make_server(
-            self.security, config.replay.max_message_mb, max_workers=max_workers,
+            self.security, config.replay.max_message_mb, max_workers=max_workers or config.replay.max_workers,
             on_reject=lambda method: self.replay.reject("unauthenticated"),
         )
         replay_pb2_grpc.add_ReplayServiceServicer_to_server(self.servicer, self.server)
