@@ -32,8 +32,8 @@ QUICK_OVERRIDES = (
     "learner.checkpoint_every=0",
     "weights.publish_every=5",
     "actor.num_envs=4",
-    "replay.tables=[{name: online, capacity: 20000, min_size_to_sample: 500, samples_per_insert: 2.0, "
-    "error_buffer: 20000.0}]",
+    "replay.tables=[{name: online, capacity: 10000, min_size_to_sample: 1000, samples_per_insert: 8.0, "
+    "error_buffer: 8000.0}]",
 )
 
 SUITES: dict[str, Suite] = {

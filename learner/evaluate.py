@@ -34,10 +34,26 @@ EVAL_SEED = 1_000_003  # eval envs never share seeds with training envs
 
 
 def config_from_extra(extra: Mapping[str, Any]):
-    """The run's Config from a checkpoint's extra["config_json"]."""
+    """The run's Config from a checkpoint's extra["config_json"]. Keys this version no longer knows
+    (a checkpoint from an older mamql) are dropped with a warning rather than refusing the file."""
+    import dataclasses
+    import logging
+
     from mamql.config import Config, with_updates
 
-    return with_updates(Config(), **json.loads(extra["config_json"]))
+    stored = json.loads(extra["config_json"])
+    known = {f.name: {g.name for g in dataclasses.fields(f.type if isinstance(f.type, type) else type(getattr(Config(), f.name)))}
+             for f in dataclasses.fields(Config)}
+    sections = {}
+    for name, values in stored.items():
+        if name not in known:
+            logging.getLogger("mamql.evaluate").warning("checkpoint config: ignoring unknown section %r", name)
+            continue
+        dropped = sorted(set(values) - known[name])
+        if dropped:
+            logging.getLogger("mamql.evaluate").warning("checkpoint config: ignoring unknown %s keys %s", name, dropped)
+        sections[name] = {k: v for k, v in values.items() if k in known[name]}
+    return with_updates(Config(), **sections)
 
 
 def load_updater(path: str | Path, device: str = "cpu") -> tuple[Updater, dict]:

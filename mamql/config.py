@@ -48,11 +48,13 @@ class ReplayConfig:
     port: int = 7100  # 0 = pick a free port
     tables: tuple[TableConfig, ...] = (
         TableConfig(name="expert", capacity=50_000, read_only=True),
-        # Replay ratio: each online transition is sampled ~4 times on average. When actors run ahead
-        # of the learner (a CPU learner on a small box) their inserts block, which frees the cores
-        # for the learner; 40k samples of slack keep short bursts from blocking anyone.
-        TableConfig(name="online", capacity=100_000, min_size_to_sample=2_000, samples_per_insert=4.0,
-                    error_buffer=40_000.0),
+        # Replay ratio: each online transition is sampled ~8 times on average (the single-process
+        # trainer's 256 sampled per 32 collected). Actors may run at most error_buffer /
+        # samples_per_insert = 2,000 transitions ahead of that ratio, then their inserts block: on a
+        # small CPU box this frees the cores for the learner, and the FIFO table stays fresh (low
+        # policy lag) instead of filling with stale early rollouts.
+        TableConfig(name="online", capacity=20_000, min_size_to_sample=2_000, samples_per_insert=8.0,
+                    error_buffer=16_000.0),
     )
     capacity: int = 100_000  # default capacity for tables created without an explicit config
     max_message_mb: int = 64
