@@ -21,7 +21,7 @@ from envs.registry import env_spec
 from envs.vector import VectorEnv, transition_batch
 from mamql.batch import concat
 from mamql.config import Config
-from mamql.metrics import Counter, Gauge, Histogram
+from mamql.metrics import Counter, Gauge, Histogram, Summary
 from mamql.weights import WeightSet
 
 log = logging.getLogger("mamql.actor")
@@ -76,9 +76,10 @@ class ActorMetrics:
     def __init__(self, registry, agents: list[str]):
         self.env_steps = Counter("mamql_actor_env_steps", "Environment transitions produced", registry=registry)
         self.episodes = Counter("mamql_actor_episodes", "Episodes finished", registry=registry)
-        self.episode_return = Histogram(
-            "mamql_actor_episode_return", "Return per finished episode", ["agent"],
-            buckets=(-10, -1, 0, 1, 2, 5, 10, 15, 20, 40, 80, 160), registry=registry,
+        # A Summary (sum and count, no buckets): returns may be negative (MPE), and a histogram with
+        # negative bucket bounds silently drops its _sum, which the status line and Grafana divide by.
+        self.episode_return = Summary(
+            "mamql_actor_episode_return", "Return per finished episode", ["agent"], registry=registry,
         )
         self.last_return = Gauge("mamql_actor_last_episode_return", "Return of the latest episode", ["agent"], registry=registry)
         self.weight_version = Gauge("mamql_actor_weight_version", "Weight version the actor acts with", registry=registry)

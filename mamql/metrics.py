@@ -10,7 +10,7 @@ import logging
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client import Counter, Gauge, Histogram  # noqa: F401  (re-exported for services)
+from prometheus_client import Counter, Gauge, Histogram, Summary  # noqa: F401  (re-exported for services)
 from prometheus_client import ProcessCollector, PlatformCollector
 
 log = logging.getLogger("mamql.metrics")

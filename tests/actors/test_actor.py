@@ -103,3 +103,27 @@ def test_learned_actor_applies_newer_versions_and_tags_transitions(replay_server
         writer.close(timeout=5)
         client.close()
         server.stop(0)
+
+
+class CountingWriter:
+    def __init__(self):
+        self.rewards = 0.0
+
+    def put(self, batch, timeout=None):
+        self.rewards += float(batch["reward/agent_0"].sum())
+        return 0
+
+
+def test_episode_return_metrics_match_the_episodes_played():
+    """Regression: the returns metric once lost its _sum (histogram with a negative bucket bound)."""
+    config = load_config(None, ["actor.mode=random", "actor.num_envs=8", "actor.send_batch_size=64"])
+    registry = new_registry(process_metrics=False)
+    actor = Actor(config, 0, CountingWriter(), registry=registry)
+    actor.run(max_steps=8 * 45 * 12)  # about 96 episodes: all of them stay in recent_returns (last 100)
+    played = [r["agent_0"] for r in actor.recent_returns]
+    assert 50 <= actor.stats.episodes == len(played) == sample_value(registry, "mamql_actor_episodes_total")
+    count = sample_value(registry, "mamql_actor_episode_return_count", {"agent": "agent_0"})
+    total = sample_value(registry, "mamql_actor_episode_return_sum", {"agent": "agent_0"})
+    assert count == len(played)
+    assert total == pytest.approx(sum(played)) and total > 0
+    assert total <= actor.writer.rewards  # the rest belongs to episodes still running
