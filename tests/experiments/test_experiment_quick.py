@@ -25,9 +25,9 @@ def test_quick_suite_learns_above_random_with_a_rising_curve(tmp_path):
     assert row["algo"] == "mamql" and int(row["updates"]) > 0
     random_return = float(row["random_return"])
     assert float(row["greedy_return"]) > random_return + 1.0, row
-    steps, _, returns = read_curve(out / "runs" / "gems-2000-mamql-s0", smooth=1)
+    steps, _, returns = read_curve(out / "runs" / "gems-20000-mamql-s0", smooth=1)
     third = len(returns) // 3
     assert third >= 3, f"too few status intervals with finished episodes: {len(returns)}"
     assert np.mean(returns[-third:]) > np.mean(returns[:third]) + 0.5, returns
-    assert (out / "plots" / "curves-gems-2000.png").exists()
-    assert json.loads((out / "baselines.json").read_text())["gems-2000"]["expert"] > 20
+    assert (out / "plots" / "curves-gems-20000.png").exists()
+    assert json.loads((out / "baselines.json").read_text())["gems-20000"]["expert"] > 20
