@@ -186,14 +186,25 @@ sub.close()
 
 
 def bench_weight_push(versions: int = 40) -> dict:
+    """Three payloads: the paper-size Gems critics in float32 and bfloat16, and a small MLP critic
+    (kitchen, 256-256) whose latency is the service's overhead floor."""
     from envs.registry import env_spec
     from learner.networks import build_critics
     from learner.policy import flatten_weights
     from learner.service import weights_to_numpy
+
+    payloads = {
+        "gems_float32": weights_to_numpy(flatten_weights(build_critics(env_spec("gems"))), "float32"),
+        "gems_bfloat16": weights_to_numpy(flatten_weights(build_critics(env_spec("gems"))), "bfloat16"),
+        "kitchen_mlp_float32": weights_to_numpy(flatten_weights(build_critics(env_spec("kitchen"))), "float32"),
+    }
+    return {name: _push(arrays, dtypes, versions) for name, (arrays, dtypes) in payloads.items()}
+
+
+def _push(arrays: dict, dtypes: dict, versions: int) -> dict:
     from learner.weight_service import WeightStore, serve_weights
     from protos import rpc
 
-    arrays, _ = weights_to_numpy(flatten_weights(build_critics(env_spec("gems"))), "float32")
     nbytes = sum(a.nbytes for a in arrays.values())
     store = WeightStore()
     server, _ = rpc.make_server(rpc.Security(), 64)
@@ -208,7 +219,7 @@ def bench_weight_push(versions: int = 40) -> dict:
     published = {}
     for v in range(1, versions + 1):
         published[v] = time.time()
-        store.publish(arrays, version=v)
+        store.publish(arrays, version=v, dtypes=dtypes)
         time.sleep(0.25)
     applied: dict[int, list[float]] = {}
     for proc in subs:
@@ -220,7 +231,7 @@ def bench_weight_push(versions: int = 40) -> dict:
     server.stop(0)
     latencies = [max(times) - published[v] for v, times in applied.items() if len(times) == 4]
     ms = np.array(latencies) * 1000
-    return {"versions": versions, "reached_all_4": len(latencies), "payload_mb": round(nbytes / 1e6, 1),
+    return {"versions": versions, "reached_all_4": len(latencies), "payload_mb": round(nbytes / 1e6, 2),
             "p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
 
 
@@ -254,6 +265,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--updates", type=int, default=30)
+    parser.add_argument("--versions", type=int, default=40, help="weight versions pushed per payload")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = {
@@ -261,7 +273,7 @@ def main() -> None:
             "cores": os.cpu_count(),
             "actor_streaming": bench_actor_streaming(tmp, args.seconds),
             "learner_remote": bench_learner_remote(tmp, args.updates),
-            "weight_push_ms": bench_weight_push(),
+            "weight_push_ms": bench_weight_push(args.versions),
             "actors_2_vs_1": bench_actor_scaling(tmp, args.seconds),
         }
     print(json.dumps(result))
