@@ -107,7 +107,6 @@ def run_episodes(policy: Any, env_name: str, episodes: int, seed: int = EVAL_SEE
 def policy_from(source: Any, mode: str = "greedy", alpha: float | None = None, seed: int = EVAL_SEED) -> BoltzmannPolicy:
     """A CPU BoltzmannPolicy on a COPY of the updater's weights (training never sees eval mode)."""
     updater = load_updater(source)[0] if isinstance(source, (str, Path)) else source
-    from envs import env_spec  # noqa: F401  (spec is on the updater)
     from learner.networks import build_critics, build_joint_critics
 
     build = build_joint_critics if updater.algo == "iqlma" else build_critics

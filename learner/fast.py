@@ -42,7 +42,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from learner.losses import joint_action_index, mamql_loss
 from learner.networks import build_critics, build_joint_critics
-from learner.updater import CHECKPOINT_FORMAT, _to_cpu, default_weight_decay, resolve_device
+from learner.updater import CHECKPOINT_FORMAT, default_weight_decay, resolve_device
 
 log = logging.getLogger("mamql.learner.fast")
 

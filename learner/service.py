@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mamql.config import Config, dump_config, to_dict
+from mamql.config import Config, to_dict
 from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricsServer, new_registry
 from protos import rpc
 
@@ -274,7 +274,3 @@ class LearnerService:
         self.metrics.replay_ratio.set(ratio)
         return ratio
 
-
-def write_run_config(config: Config, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(config))

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from mamql.codec import CodecError
-from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS
+from mamql.metrics import Counter, Gauge, Histogram
 from mamql.weights import WeightAssembler, split_weights
 from protos import weights_pb2, weights_pb2_grpc
 

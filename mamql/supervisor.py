@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,7 +65,6 @@ class Child:
     metrics_port: int = 0
     popen: subprocess.Popen | None = None
     restarts: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def metrics_url(self) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import socket
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +69,7 @@ class Security:
 
 def is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
-        return host == "localhost"
+        return host == "localhost"  # "" binds every interface: not loopback
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -257,9 +256,3 @@ def health_check(address: str, service: str = "", timeout: float = 2.0) -> bool:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for launchers that must tell children their ports)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]

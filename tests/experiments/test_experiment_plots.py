@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from experiments.plots import parse_run_name, plot_results, read_curve, single_run
 from experiments.runner import SUMMARY_FIELDS, run_name, write_summary

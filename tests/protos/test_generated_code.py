@@ -1,6 +1,5 @@
 """The committed generated code must match what protoc makes from the committed .proto files."""
 
-from pathlib import Path
 
 import pytest
 

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from reliability_helpers import FAST, kill_all, metric, read_port, spawn, stop, tail, wait_until  # noqa: E402
 
-from protos.rpc import Security, free_port  # noqa: E402
+from mamql.supervisor import free_port  # noqa: E402
+from protos.rpc import Security  # noqa: E402
 from replay import checkpoint  # noqa: E402
 from replay.client import ReplayClient  # noqa: E402
 from replay.errors import DeadlineExceeded, ReplayError  # noqa: E402

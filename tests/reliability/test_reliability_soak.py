@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from reliability_helpers import FAST, kill_all, metric, rss_kib, spawn, stop, tail, wait_until  # noqa: E402
 
-from protos.rpc import Security, free_port  # noqa: E402
+from mamql.supervisor import free_port  # noqa: E402
+from protos.rpc import Security  # noqa: E402
 from replay.client import ReplayClient  # noqa: E402
 from replay.errors import ReplayError  # noqa: E402
 
