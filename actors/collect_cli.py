@@ -11,7 +11,9 @@ dataset with fresh actor ids (hence fresh episode ids and seeds).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 
 COLLECT_TABLE = "collect"
 
@@ -99,6 +101,25 @@ def _collect_table(args):
     capacity = max(args.buffer, 2 * margin)
     return TableConfig(name=args.table, capacity=capacity, sampler="fifo", min_size_to_sample=1,
                        samples_per_insert=1.0, error_buffer=float(capacity - margin))
+
+
+CONNECT_TIMEOUT_S = 60.0  # a remote replay that is still starting gets this long to answer
+
+
+def wait_for_replay(client, address: str, timeout: float, stop) -> dict:
+    """The replay's table info, retrying while it is not up yet (UNAVAILABLE) for at most `timeout`
+    seconds: collectors and replays are often launched together, in any order."""
+    from replay.errors import Unavailable
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.info(timeout=5.0)
+        except Unavailable:
+            if time.monotonic() > deadline or stop.is_set():
+                raise
+            logging.getLogger("mamql.collect").info("waiting for the replay at %s to answer", address)
+            stop.wait(0.5)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -254,7 +275,7 @@ def _collect(args, config, writer, target, address, sup, actor_names, stop, log)
     code = 0
     try:
         if args.replay:
-            table = client.info().get(args.table)
+            table = wait_for_replay(client, address, CONNECT_TIMEOUT_S, stop).get(args.table)
             if table is None:
                 raise RuntimeError(f"replay {address} has no table {args.table!r}")
         finished = collector.run(stop, check)

@@ -136,13 +136,19 @@ def test_killed_collector_resumes_without_duplicates(tmp_path):
 
 
 def test_collect_from_remote_replay_exact_episodes(tmp_path):
-    """--replay: a replay service and an actor started elsewhere; the collector only reads."""
+    """--replay: a replay service and an actor started elsewhere; the collector only reads. The
+    collector starts FIRST: it must wait for the replay to come up rather than fail."""
     from mamql.supervisor import free_port
 
     port = free_port()
     cfg = tmp_path / "replay.yaml"
     cfg.write_text("replay:\n  tables:\n  - {name: collect, capacity: 20000, sampler: fifo}\n"
                    f"  port: {port}\n  checkpoint_on_exit: false\nmetrics:\n  enabled: false\n")
+    collect = subprocess.Popen(
+        [sys.executable, "-m", "mamql.cli", "collect", "--env", "gems", "--replay", f"127.0.0.1:{port}",
+         "--episodes", "15", "--out", str(tmp_path / "ds"), "--no-progress", "--set", f"run.root={tmp_path / 'runs'}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
     replay = subprocess.Popen([sys.executable, "-m", "mamql.cli", "replay", "--config", str(cfg)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     actor = None
@@ -151,15 +157,15 @@ def test_collect_from_remote_replay_exact_episodes(tmp_path):
                                   "--mode", "expert", "--actor-id", "9", "--num-envs", "2", "--max-steps", "3000",
                                   "--set", "actor.table=collect", "--set", "metrics.enabled=false"],
                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        res = mamql("collect", "--env", "gems", "--replay", f"127.0.0.1:{port}", "--episodes", "15",
-                    "--out", str(tmp_path / "ds"), "--no-progress", "--set", f"run.root={tmp_path / 'runs'}")
-        assert res.returncode == 0, res.stderr[-3000:]
+        _, stderr = collect.communicate(timeout=120)
+        assert collect.returncode == 0, stderr[-3000:]
+        assert "waiting for the replay" in stderr
         m = read_manifest(tmp_path / "ds")
         assert m["complete"] and m["counts"]["episodes"] == 15 and m["collection"]["runs"][0]["actor_ids"] == []
         batch = load_dataset(tmp_path / "ds")
         assert set(batch["actor_id"].tolist()) == {9} and verify_dataset(tmp_path / "ds").ok
     finally:
-        for p in (actor, replay):
-            if p is not None:
+        for p in (collect, actor, replay):
+            if p is not None and p.poll() is None:
                 p.terminate()
                 p.wait(timeout=20)
