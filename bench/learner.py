@@ -34,24 +34,14 @@ from mamql.config import LearnerConfig, load_config  # noqa: E402
 
 
 def gems_data(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Real Gems transitions from random play (uint8 planes, as replay stores them)."""
-    from envs.registry import env_spec
-    from envs.vector import VectorEnv, transition_batch
+    """Real Gems transitions from random play (uint8 planes, as replay stores them), tagged like an
+    actor's rows."""
+    from learner.demos import collect_demos
 
-    spec = env_spec("gems")
-    env = VectorEnv("gems", 16, seed=seed)
-    obs = env.reset()
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(max(1, rows // 16)):
-        actions = {a: rng.integers(0, spec.num_actions[a], 16) for a in spec.agents}
-        step = env.step(actions)
-        batch = transition_batch(obs, actions, step)
-        batch["actor_id"] = np.zeros(16, np.int32)
-        batch["policy_version"] = np.zeros(16, np.int64)
-        out.append(batch)
-        obs = step.obs
-    return {k: np.concatenate([b[k] for b in out]) for k in out[0]}
+    batch, _ = collect_demos("gems", rows, seed=seed, expert="random")
+    batch["actor_id"] = np.zeros(rows, np.int32)
+    batch["policy_version"] = np.zeros(rows, np.int64)
+    return batch
 
 
 def sync(device: torch.device) -> None:

@@ -113,7 +113,7 @@ def bench_learner_remote(tmp: str, updates: int) -> dict:
     import torch
 
     from envs.registry import env_spec
-    from envs.vector import VectorEnv, transition_batch
+    from learner.demos import collect_demos
     from learner.updater import make_updater
     from replay.client import ReplayClient
     from replay.local import LocalReplay
@@ -121,19 +121,9 @@ def bench_learner_remote(tmp: str, updates: int) -> dict:
     torch.set_num_threads(1)  # the replay server and prefetch thread get the other core, as in a deployment
     config = load_config(None, ["learner.hidden=[256]", "learner.batch_size=128", TABLES])
     spec = env_spec("gems")
-    env = VectorEnv("gems", 16, seed=0)
-    obs = env.reset()
-    rng = np.random.default_rng(0)
-    rows = []
-    for _ in range(300):
-        actions = {a: rng.integers(0, 5, 16) for a in spec.agents}
-        step = env.step(actions)
-        batch = transition_batch(obs, actions, step)
-        batch["actor_id"] = np.zeros(16, np.int32)
-        batch["policy_version"] = np.zeros(16, np.int64)
-        rows.append(batch)
-        obs = step.obs
-    data = {k: np.concatenate([b[k] for b in rows]) for k in rows[0]}
+    data, _ = collect_demos("gems", 4800, seed=0, expert="random")  # random play, like early actors
+    data["actor_id"] = np.zeros(len(data["done"]), np.int32)
+    data["policy_version"] = np.zeros(len(data["done"]), np.int64)
     expert = {k: v[:128] for k, v in data.items()}
     bs = config.learner.batch_size
 

@@ -25,8 +25,9 @@ def collect_demos(
     epsilon: float = 0.0,
     num_envs: int = 16,
     env_kwargs: Mapping[str, Any] | None = None,
+    expert: str = "scripted",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Run the scripted expert in a VectorEnv until at least `transitions` steps of COMPLETE
+    """Run the expert (`scripted`, or `random` play for baselines and benchmarks) in a VectorEnv until at least `transitions` steps of COMPLETE
     episodes exist, order them episode by episode (in the order they finished), and cut to exactly
     `transitions` rows. Only the last kept episode may be cut short; its final row then keeps
     done=False, which is correct (a cut is not a terminal state). Returns (batch, summary); the
@@ -36,7 +37,7 @@ def collect_demos(
 
     kwargs = dict(env_kwargs or {})
     env = VectorEnv(env_name, num_envs, seed=seed, **kwargs)
-    expert = make_expert(env_name, kind="scripted", seed=seed, epsilon=epsilon, **kwargs)
+    policy = make_expert(env_name, kind=expert, seed=seed, epsilon=epsilon, **kwargs)
     steps: list[dict[str, np.ndarray]] = []
     finished: list[int] = []  # episode ids in the order they ended
     returns: dict[str, list[float]] = {a: [] for a in env.agents}
@@ -45,7 +46,7 @@ def collect_demos(
     obs = env.reset()
     try:
         while done_rows < transitions:
-            actions = expert.act(obs)
+            actions = policy.act(obs)
             result = env.step(actions)
             steps.append(transition_batch(obs, actions, result))
             obs = result.obs
@@ -66,7 +67,7 @@ def collect_demos(
     summary = {
         "env": env_name,
         "env_kwargs": kwargs,
-        "expert": "scripted",
+        "expert": expert,
         "epsilon": float(epsilon),
         "seed": int(seed),
         "transitions": int(len(order)),
