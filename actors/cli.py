@@ -20,14 +20,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def shortcut_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> None:
-    """Turn convenience flags (e.g. --env) into `--set` overrides, applied after the user's own."""
-    for attr, key in mapping.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            args.overrides = [*args.overrides, f"{key}={value}"]
-
-
 def run(args: argparse.Namespace) -> int:
     import signal
 
@@ -39,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from protos.rpc import Security
     from replay.client import ReplayClient
 
-    shortcut_overrides(args, {"env": "env.name", "num_envs": "actor.num_envs", "mode": "actor.mode"})
-    config = config_from_args(args)
+    config = config_from_args(args, {"env": "env.name", "num_envs": "actor.num_envs", "mode": "actor.mode"})
     name = f"actor-{args.actor_id}"
     log = setup_logging(name, config.run.log_level)
     registry = new_registry()

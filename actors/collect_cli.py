@@ -76,22 +76,13 @@ def _supervisor(log_dir):
 
 
 def _resolve(args):
-    import time
-
-    from mamql.cli import config_from_args
+    from mamql.cli import config_from_args, default_run_name
     from mamql.config import with_updates
 
-    config = config_from_args(args)
-    updates: dict[str, dict] = {"env": {}, "actor": {"mode": "expert", "table": args.table}, "run": {}}
-    if args.env:
-        updates["env"]["name"] = args.env
-    if args.expert:
-        updates["actor"]["expert"] = args.expert
-    if args.num_envs:
-        updates["actor"]["num_envs"] = args.num_envs
-    name = args.run_name or (config.run.name if config.run.name != "default" else None)
-    updates["run"]["name"] = name or f"collect-{(args.env or config.env.name).replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return with_updates(config, **updates)
+    config = config_from_args(args, {"env": "env.name", "expert": "actor.expert", "num_envs": "actor.num_envs",
+                                     "run_name": "run.name"})
+    return with_updates(config, actor={"mode": "expert", "table": args.table},
+                        run={"name": default_run_name(config, "collect")})
 
 
 def _collect_table(args):

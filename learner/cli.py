@@ -55,23 +55,9 @@ def _train(args: argparse.Namespace) -> int:
     from learner.trainer import Trainer, run_dir_of
     from mamql.cli import config_from_args
 
-    config = config_from_args(args)
-    sets: dict[str, dict] = {"env": {}, "learner": {}, "run": {}}
-    if args.env:
-        sets["env"]["name"] = args.env
-    if args.algo:
-        sets["learner"]["algo"] = args.algo
-    if args.steps is not None:
-        sets["learner"]["steps"] = args.steps
-    if args.expert_transitions is not None:
-        sets["learner"]["expert_transitions"] = args.expert_transitions
-    if args.run_name:
-        sets["run"]["name"] = args.run_name
-    if args.seed is not None:
-        sets["run"]["seed"] = args.seed
-    from mamql.config import with_updates
-
-    config = with_updates(config, **sets)
+    config = config_from_args(args, {"env": "env.name", "algo": "learner.algo", "steps": "learner.steps",
+                                     "expert_transitions": "learner.expert_transitions", "run_name": "run.name",
+                                     "seed": "run.seed"})
     run_dir = run_dir_of(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "demos.npz"

@@ -41,10 +41,31 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace):
-    from mamql.config import load_config
+def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = None):
+    """The resolved config: defaults, --config file, --set overrides, then convenience flags.
 
-    return load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+    `flags` maps an argparse attribute to the config key it sets (e.g. {"env": "env.name"}); a flag
+    left at None changes nothing, and a flag given wins over --set, as a user typing both expects.
+    """
+    from mamql.config import load_config, with_updates
+
+    config = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+    sections: dict[str, dict] = {}
+    for attr, key in (flags or {}).items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            section, name = key.split(".", 1)
+            sections.setdefault(section, {})[name] = value
+    return with_updates(config, **sections) if sections else config
+
+
+def default_run_name(config, prefix: str) -> str:
+    """run.name unless it is the default; else `<prefix>-<env>-<UTC time>` (one directory per run)."""
+    import time
+
+    if config.run.name != "default":
+        return config.run.name
+    return f"{prefix}-{config.env.name.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -128,21 +128,11 @@ def write_process_table(sup: Supervisor, path: Path, grpc_ports: dict[str, int])
 
 
 def resolve(args: argparse.Namespace) -> Config:
-    from mamql.cli import config_from_args
+    from mamql.cli import config_from_args, default_run_name
 
-    config = config_from_args(args)
-    updates: dict[str, dict] = {"env": {}, "actor": {}, "learner": {}, "run": {}}
-    if args.env:
-        updates["env"]["name"] = args.env
-    if args.num_envs:
-        updates["actor"]["num_envs"] = args.num_envs
-    if args.steps is not None:
-        updates["learner"]["steps"] = args.steps
-    if args.algo:
-        updates["learner"]["algo"] = args.algo
-    name = args.run_name or (config.run.name if config.run.name != "default" else None)
-    updates["run"]["name"] = name or f"local-{args.env or config.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return with_updates(config, **updates)
+    config = config_from_args(args, {"env": "env.name", "num_envs": "actor.num_envs", "steps": "learner.steps",
+                                     "algo": "learner.algo", "run_name": "run.name"})
+    return with_updates(config, run={"name": default_run_name(config, "local")})
 
 
 def run(args: argparse.Namespace) -> int:
