@@ -41,40 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    import ctypes
-    import signal
-
-    try:
-        # SIGKILL: with the collector gone, nothing the children hold in memory can reach the dataset
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _supervisor(log_dir):
-    """mamql.supervisor.Supervisor whose children die with us (collections are long and unattended)."""
-    import subprocess
-
-    from mamql.supervisor import Supervisor, log
-
-    class ChildSafeSupervisor(Supervisor):
-        def start(self, name, args, metrics_port=0):
-            from mamql.supervisor import Child
-
-            child = self.children.get(name) or Child(name, args, self.log_dir / f"{name}.log", metrics_port)
-            self.children[name] = child
-            with open(child.log_path, "ab") as log_file:
-                child.popen = subprocess.Popen(
-                    [sys.executable, "-m", "mamql.cli", *child.args], stdout=log_file, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig,
-                )
-            log.info("started %s (pid %d): mamql %s", name, child.popen.pid, " ".join(args))
-            return child
-
-    return ChildSafeSupervisor(log_dir)
-
-
 def _resolve(args):
     from mamql.cli import config_from_args, default_run_name
     from mamql.config import with_updates
@@ -123,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from envs.registry import env_spec
     from mamql.config import dump_config, with_updates
     from mamql.log import setup_logging
-    from mamql.supervisor import free_port
+    from mamql.supervisor import Supervisor, free_port
     from replay.dataset import DatasetError, DatasetWriter, spec_to_dict
 
     if (args.transitions is None) == (args.episodes is None):
@@ -179,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
                                               "tables": [_to_dict(_collect_table(args))]})
         config_path = run_dir / "config.yaml"
         config_path.write_text(dump_config(config))
-        sup = _supervisor(run_dir / "logs")
+        # children die with us: a collection is long and unattended, and with the collector gone
+        # nothing they hold in memory can reach the dataset
+        sup = Supervisor(run_dir / "logs", die_with_parent=True)
         address = f"127.0.0.1:{port}"
         try:
             sup.wait_ready(sup.start("replay", ["replay", "--config", str(config_path)]), port)

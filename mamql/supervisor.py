@@ -74,9 +74,22 @@ class Child:
         return self.popen is not None and self.popen.poll() is None
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class Supervisor:
-    def __init__(self, log_dir: Path):
+    """`die_with_parent=True` has the kernel SIGKILL the children if this process dies (Linux), for
+    long unattended jobs whose children must not outlive their consumer."""
+
+    def __init__(self, log_dir: Path, die_with_parent: bool = False):
         self.log_dir = log_dir
+        self.die_with_parent = die_with_parent
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, Child] = {}
 
@@ -90,6 +103,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches only us; we stop children in order
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         log_file.close()
         log.info("started %s (pid %d): mamql %s", name, child.popen.pid, " ".join(args))
