@@ -86,7 +86,8 @@ def test_soak_rss_flat_and_counters_reconcile(tmp_path, demos_path):
                 peak[n] = max(peak[n], rss_kib(p.pid))
             time.sleep(2.0)
         rss1 = {n: rss_kib(p.pid) for n, p in procs.items()}
-        updates1 = m("learner", "mamql_learner_updates_total")
+        # a learner busy in an update can miss one 1-second scrape: retry rather than read it as 0
+        updates1 = wait_until(lambda: m("learner", "mamql_learner_updates_total"), 30, "the learner's /metrics")
         growth = {n: (rss1[n] - rss0[n]) / rss0[n] for n in procs}
         print("soak RSS MiB after warm-up -> end (peak):",
               {n: f"{rss0[n] / 1024:.0f}->{rss1[n] / 1024:.0f} ({peak[n] / 1024:.0f})" for n in procs},
