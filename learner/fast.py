@@ -42,7 +42,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from learner.losses import joint_action_index, mamql_loss
 from learner.networks import build_critics, build_joint_critics
-from learner.updater import CHECKPOINT_FORMAT, default_weight_decay, resolve_device
+from learner.updater import CHECKPOINT_FORMAT, chi2_alpha_of, default_weight_decay, resolve_device
 
 log = logging.getLogger("mamql.learner.fast")
 
@@ -56,6 +56,8 @@ def fast_supported(spec: Any, config: Any) -> tuple[bool, str]:
     """(True, "") when one batched step can serve every agent; else (False, why)."""
     if config.algo not in FAST_ALGOS:
         return False, f"algo {config.algo!r} has no fast path"
+    if float(getattr(config, "target_tau", 0.0)) > 0:
+        return False, "target critics (learner.target_tau) have no fast path"
     agents = list(spec.agents)
     shapes = {(tuple(spec.obs_shape[a]), str(spec.obs_dtype[a]), int(spec.num_actions[a])) for a in agents}
     if len(shapes) != 1:
@@ -132,7 +134,7 @@ class FastUpdater:
         self.rng = torch.Generator().manual_seed(int(seed))  # advanced as the plain path's agent order
         self.step = 0
         self._loss_fn = partial(mamql_loss, gamma=self.gamma, alpha=self.alpha, value_term=config.value_term,
-                                chi2_on_policy=config.chi2_on_policy, as_floats=False)
+                                chi2_on_policy=config.chi2_on_policy, chi2_alpha=chi2_alpha_of(config), as_floats=False)
         self._sizes: tuple[int, int] | None = None  # (expert rows, online rows) the static buffers fit
         self._graph: torch.cuda.CUDAGraph | None = None
         self._pinned: dict[tuple[str, int], Tensor] = {}

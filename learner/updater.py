@@ -21,6 +21,7 @@ Algorithms:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -50,6 +51,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def default_weight_decay(env_name: str) -> float:
     return PAPER_WEIGHT_DECAY.get(env_name, DEFAULT_WEIGHT_DECAY)
+
+
+def chi2_alpha_of(config: Any) -> float | None:
+    """learner.chi2_alpha, where <= 0 means "tie it to the Boltzmann temperature" (the reference code)."""
+    value = float(getattr(config, "chi2_alpha", 0.0))
+    return value if value > 0 else None
 
 
 def set_torch_threads(n: int) -> None:
@@ -84,6 +91,13 @@ class Updater:
         }
         self.rng = torch.Generator().manual_seed(int(seed))  # agent order; CPU, so it checkpoints
         self.step = 0
+        # optional target critics for V(s') (learner.target_tau > 0): the bootstrap target then moves
+        # slowly instead of with every step, the usual cure for a soft-Q critic that drifts late in training
+        self.target_tau = float(getattr(config, "target_tau", 0.0))
+        self.targets: dict[str, nn.Module] = {}
+        if self.target_tau > 0 and algo != "bc":
+            for a, m in self.critics.items():
+                self.targets[a] = copy.deepcopy(m).requires_grad_(False)
 
     # ------------------------------------------------------------------ the train step
     def _tensor(self, x: np.ndarray | Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -102,12 +116,17 @@ class Updater:
         is_expert[:n_exp] = 1.0
         actions = {a: cat(f"action/{a}", torch.long) for a in self.agents}
         kwargs = dict(gamma=self.gamma, alpha=self.alpha, value_term=self.config.value_term,
-                      chi2_on_policy=self.config.chi2_on_policy)
+                      chi2_on_policy=self.config.chi2_on_policy, chi2_alpha=chi2_alpha_of(self.config))
         logs: dict[str, float] = {}
         for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
             agent = self.agents[i]
             critic, opt = self.critics[agent], self.optimizers[agent]
-            q, q_next = forward_current_next(critic, cat(f"obs/{agent}"), cat(f"next_obs/{agent}"))
+            if agent in self.targets:
+                q = critic(cat(f"obs/{agent}"))
+                with torch.no_grad():
+                    q_next = self.targets[agent](cat(f"next_obs/{agent}"))
+            else:
+                q, q_next = forward_current_next(critic, cat(f"obs/{agent}"), cat(f"next_obs/{agent}"))
             if self.algo == "mamql":
                 loss, terms = mamql_loss(q, q_next, actions[agent], done, is_expert, **kwargs)
             else:
@@ -116,6 +135,10 @@ class Updater:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if agent in self.targets:
+                with torch.no_grad():
+                    for t, p in zip(self.targets[agent].parameters(), critic.parameters()):
+                        t.lerp_(p, self.target_tau)
             logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
         self.step += 1
         return logs
@@ -152,6 +175,8 @@ class Updater:
             "critics": {a: {k: v.detach().cpu() for k, v in m.state_dict().items()} for a, m in self.critics.items()},
             "optimizers": {a: _to_cpu(o.state_dict()) for a, o in self.optimizers.items()},
             "rng": self.rng.get_state(),
+            **({"targets": {a: {k: v.detach().cpu() for k, v in m.state_dict().items()} for a, m in self.targets.items()}}
+               if self.targets else {}),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -163,6 +188,8 @@ class Updater:
             o.load_state_dict(state["optimizers"][a])  # moves moments to the params' device
         self.rng.set_state(state["rng"])
         self.step = int(state["step"])
+        for a, m in self.targets.items():  # a checkpoint without targets (older, or tau was 0): start from the critic
+            m.load_state_dict(state.get("targets", {}).get(a, self.critics[a].state_dict()), strict=True)
 
 
 def _to_cpu(obj: Any) -> Any:

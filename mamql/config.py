@@ -93,6 +93,8 @@ class LearnerConfig:
     hidden: tuple[int, ...] = ()  # () = the env's default architecture
     value_term: str = "value"  # value | online | expert | v0 (see learner.losses.mamql_loss)
     chi2_on_policy: bool = True
+    target_tau: float = 0.0  # > 0: V(s') from a Polyak-averaged target critic (tau per update); 0 = none (reference)
+    chi2_alpha: float = 0.0  # alpha of the chi^2 regulariser (coef 1/(4 chi2_alpha)); <= 0 = the temperature alpha
     log_every: int = 50
     checkpoint_every: int = 500
     # single-process trainer (learner.trainer); the distributed learner reads the replay service instead

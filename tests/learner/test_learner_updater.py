@@ -96,18 +96,19 @@ def test_bad_algo_is_refused():
         make_updater(env_spec("gems"), cfg("sac"), "cpu")
 
 
-@pytest.mark.parametrize("algo", ["mamql", "iqlma"])
-def test_checkpoint_resume_is_exact(tmp_path, gems_demos, algo):
-    """Train N, save, load into a FRESH updater (other seed), train N more: identical to 2N straight."""
+@pytest.mark.parametrize("algo,extra_cfg", [("mamql", {}), ("iqlma", {}), ("mamql", {"target_tau": 0.1})])
+def test_checkpoint_resume_is_exact(tmp_path, gems_demos, algo, extra_cfg):
+    """Train N, save, load into a FRESH updater (other seed), train N more: identical to 2N straight
+    (target critics included when learner.target_tau > 0)."""
     spec = env_spec("gems")
     rng = np.random.default_rng(2)
     batches = [({k: v[i * 32:(i + 1) * 32] for k, v in gems_demos.items()}, random_batch(spec, 32, rng)) for i in range(6)]
-    straight = make_updater(spec, cfg(algo), "cpu", seed=5)
+    straight = make_updater(spec, cfg(algo, **extra_cfg), "cpu", seed=5)
     for e, o in batches[:3]:
         straight.update(e, o)
     path = save_checkpoint(tmp_path / "c.pt", straight, {"note": "x", "step": straight.step})
     assert not list(tmp_path.glob("*.tmp"))
-    resumed = make_updater(spec, cfg(algo), "cpu", seed=99)
+    resumed = make_updater(spec, cfg(algo, **extra_cfg), "cpu", seed=99)
     extra = load_checkpoint(path, resumed)
     assert extra == {"note": "x", "step": 3} and resumed.step == 3
     for k, v in straight.policy_weights().items():
@@ -138,3 +139,30 @@ def test_update_accepts_torch_tensors(gems_demos):
     assert isinstance(u, Updater)
     logs = u.update(e, {k: v.clone() for k, v in e.items()})
     assert math.isfinite(logs["agent_0/loss"])
+
+
+def test_target_critics_trail_the_critics_by_polyak_averaging(gems_demos):
+    """target_tau > 0: V(s') comes from a copy that moves tau of the way to the critic per update."""
+    spec = env_spec("gems")
+    tau = 0.25
+    u = make_updater(spec, cfg(target_tau=tau), "cpu", seed=1)
+    before = {a: [p.detach().clone() for p in t.parameters()] for a, t in u.targets.items()}
+    e = {k: v[:32] for k, v in gems_demos.items()}
+    u.update(e, random_batch(spec, 32, np.random.default_rng(0)))
+    for a, target in u.targets.items():
+        assert all(not p.requires_grad for p in target.parameters())
+        for old, t, p in zip(before[a], target.parameters(), u.critics[a].parameters()):
+            assert torch.allclose(t, old + tau * (p.detach() - old), atol=1e-6)
+            assert not torch.equal(t, p)  # trails, not copies
+    assert not make_updater(spec, cfg(), "cpu").targets  # default: no target network (the reference)
+
+
+def test_chi2_alpha_sets_the_regulariser_strength(gems_demos):
+    """learner.chi2_alpha decouples the chi^2 coefficient 1/(4 chi2_alpha) from the temperature."""
+    spec = env_spec("gems")
+    e = {k: v[:32] for k, v in gems_demos.items()}
+    o = random_batch(spec, 32, np.random.default_rng(0))
+    tied = make_updater(spec, cfg(alpha=0.5), "cpu", seed=1).update(e, o)
+    loose = make_updater(spec, cfg(alpha=0.5, chi2_alpha=1.0), "cpu", seed=1).update(e, o)
+    for a in spec.agents:  # same weights and batch: the chi^2 term halves exactly when its alpha doubles
+        assert loose[f"{a}/chi2"] == pytest.approx(tied[f"{a}/chi2"] / 2, rel=1e-5)
