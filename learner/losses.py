@@ -83,8 +83,8 @@ def mamql_loss(
     *,
     gamma: float,
     alpha: float = 1.0,
-    value_term: str = "value",
-    chi2_on_policy: bool = True,
+    value_term: str = "online",
+    chi2_on_policy: bool = False,
     chi2_alpha: float | None = None,
     q_init: Tensor | None = None,
     as_floats: bool = True,
@@ -96,15 +96,16 @@ def mamql_loss(
                online rows). done: [N] terminal flag (0/1). is_expert: [N] bool/0-1 mask.
 
     value_term (the "E_rho[V(s) - gamma V(s')]" term; IQ-Learn's sampling strategies):
-      "value"  over expert AND online rows (IQ-Learn `value`; the default, works online).
       "online" over online rows only: exactly what the MAMQL reference code (ma-mql
-               `mamql_online`) does.
+               `mamql_online`) does; the default.
+      "value"  over expert AND online rows (IQ-Learn `value`).
       "expert" over expert rows only (IQ-Learn `value_expert`; works offline).
       "v0"     (1 - gamma) E[V(s0)] over initial states: pass their critic values as `q_init`
                [M, A]; without it the expert rows' states stand in, as IQ-Learn does.
     chi2_on_policy:
       False: chi^2 on expert rows only, 1/(4 alpha_chi) E_expert[r^^2], which together with the
-             expert term is the reference code's -E_expert[r^ - r^^2/(4 alpha)].
+             expert term is the reference code's -E_expert[r^ - r^^2/(4 alpha)]. The default: on
+             Gems, True pulls the policy's implied rewards to zero and halves the returns.
       True:  IQ-Learn's `regularize` option: the squared implied reward averaged over ALL rows,
              where an online row uses the CURRENT policy's action rather than the replay action
              (IQ-Learn samples a ~ pi(.|s) there, `sampleQ`). We take the exact expectation over

@@ -91,8 +91,10 @@ class LearnerConfig:
     alpha: float = 1.0  # Boltzmann temperature
     weight_decay: float = -1.0  # < 0 = the env's default from the paper
     hidden: tuple[int, ...] = ()  # () = the env's default architecture
-    value_term: str = "value"  # value | online | expert | v0 (see learner.losses.mamql_loss)
-    chi2_on_policy: bool = True
+    # the reference code's objective (ma-mql `mamql_online`): value term on online rows, chi^2 on
+    # expert rows only. IQ-Learn's `value` + chi^2 on policy samples halved Gems returns (docs/results.md)
+    value_term: str = "online"  # online | value | expert | v0 (see learner.losses.mamql_loss)
+    chi2_on_policy: bool = False
     target_tau: float = 0.0  # > 0: V(s') from a Polyak-averaged target critic (tau per update); 0 = none (reference)
     chi2_alpha: float = 0.0  # alpha of the chi^2 regulariser (coef 1/(4 chi2_alpha)); <= 0 = the temperature alpha
     log_every: int = 50

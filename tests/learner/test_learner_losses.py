@@ -96,7 +96,7 @@ def test_mamql_loss_terms_by_hand_reference_chi2(value_term):
 def test_mamql_loss_chi2_on_policy_by_hand():
     q, q_next, actions, done, is_expert = _two_rows()
     q = q.clone().requires_grad_(True)
-    loss, terms = mamql_loss(q, q_next, actions, done, is_expert, gamma=0.5, chi2_on_policy=True)
+    loss, terms = mamql_loss(q, q_next, actions, done, is_expert, gamma=0.5, value_term="value", chi2_on_policy=True)
     # online row: pi = [1/2, 1/2], y = 0, Q = [1, 1] -> E_pi[(Q - y)^2] = 1; mean over both rows
     assert terms["chi2"] == pytest.approx(0.25 * (R0**2 + 1.0) / 2)
     assert loss.item() == pytest.approx(HAND_VALUE["value"] - R0 + 0.25 * (R0**2 + 1.0) / 2)
