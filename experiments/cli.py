@@ -18,9 +18,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=run_experiment)
 
+    ab = sub.add_parser("ablate", help="learner variants side by side on the same demos (one process each, JSON lines)")
+    ab.add_argument("--config", default=None, help="YAML config file for the base of every variant")
+    ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override for every variant (repeatable)")
+    ab.add_argument("--variant", action="append", default=[], metavar="'NAME [SECTION.KEY=VALUE ...]'",
+                    help="one variant (repeatable); e.g. --variant 'reference' --variant 'chi2pol learner.chi2_on_policy=true'")
+    ab.add_argument("--env", default=None, help="env.name")
+    ab.add_argument("--steps", type=int, default=None, help="learner.steps per variant")
+    ab.add_argument("--demos", default=None, help="expert demos (.npz or dataset dir); default: collect learner.expert_transitions")
+    ab.add_argument("--held-out", type=int, default=3000, help="held-out expert transitions for the action-agreement figure")
+    ab.add_argument("--out", default="results/ablation", help="writes OUT/ablation.jsonl and OUT/runs/<variant>/")
+    ab.add_argument("--no-progress", action="store_true")
+    ab.set_defaults(func=run_ablate)
+
     plot = sub.add_parser("plot", help="PNG plots of experiment results or run directories")
     plot.add_argument("dirs", nargs="+", metavar="DIR", help="results/<suite> directories or run directories")
     plot.set_defaults(func=run_plot)
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from experiments.ablation import ablate
+
+    return ablate(args)
 
 
 def run_experiment(args: argparse.Namespace) -> int:
