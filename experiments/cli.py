@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     plot = sub.add_parser("plot", help="PNG plots of experiment results or run directories")
     plot.add_argument("dirs", nargs="+", metavar="DIR", help="results/<suite> directories or run directories")
+    plot.add_argument("--out", default=None, help="PNG for `mamql train` run directories, plotted together "
+                      "(default: <first run>/plots/eval-curves.png)")
     plot.set_defaults(func=run_plot)
 
 
@@ -75,15 +77,24 @@ def run_plot(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from experiments.plots import plot_results, single_run
+    from experiments.plots import is_trainer_run, plot_results, single_run, trainer_runs
 
-    for d in map(Path, args.dirs):
+    dirs = list(map(Path, args.dirs))
+    trained = [d for d in dirs if not (d / "runs").is_dir() and not (d / "status.jsonl").exists() and is_trainer_run(d)]
+    if trained:  # `mamql train` runs: one figure for all of them, so they compare at a glance
+        out = Path(args.out) if args.out else trained[0] / "plots" / "eval-curves.png"
+        for path in trainer_runs(trained, out):
+            print(path)
+    for d in dirs:
+        if d in trained:
+            continue
         if (d / "runs").is_dir():
             written = plot_results(d)
         elif (d / "status.jsonl").exists():
             written = single_run(d)
         else:
-            print(f"mamql plot: {d} is neither a results directory (runs/) nor a run directory (status.jsonl)",
+            print(f"mamql plot: {d} is neither a results directory (runs/), a run directory (status.jsonl) "
+                  "nor a `mamql train` run with evaluations (metrics.jsonl)",
                   file=sys.stderr)
             return 2
         for path in written:

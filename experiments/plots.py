@@ -195,3 +195,47 @@ def single_run(run_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+def read_evals(run_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Eval records of a `mamql train` run (metrics.jsonl "event": "eval"): updates, and per mode
+    ("greedy", "sample") the mean return per agent."""
+    steps, modes = [], {"greedy": [], "sample": []}
+    with open(run_dir / "metrics.jsonl") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("event") != "eval":
+                continue
+            steps.append(rec["step"])
+            for mode in modes:
+                vals = [v for k, v in rec.items() if k.startswith(f"eval/{mode}/")]
+                modes[mode].append(float(np.mean(vals)) if vals else float("nan"))
+    return np.asarray(steps), {m: np.asarray(v) for m, v in modes.items()}
+
+
+def is_trainer_run(run_dir: Path) -> bool:
+    path = run_dir / "metrics.jsonl"
+    return path.exists() and '"event": "eval"' in path.read_text()
+
+
+def trainer_runs(run_dirs: list[Path], out: Path) -> list[Path]:
+    """Evaluation curves of several `mamql train` runs on one figure (greedy and sampled panels),
+    e.g. MAMQL vs BC vs IQL-MA on the same demos."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for run_dir in run_dirs:
+        steps, modes = read_evals(run_dir)
+        for ax, mode in zip(axes, ("greedy", "sample")):
+            ax.plot(steps, modes[mode], marker="o", label=run_dir.name)
+    for ax, mode in zip(axes, ("greedy", "sampled (Boltzmann)")):
+        ax.set_title(f"{mode} policy")
+        ax.set_xlabel("learner updates")
+        ax.set_ylabel("mean return per agent (evaluation episodes)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("evaluation return vs learner updates")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return [out]

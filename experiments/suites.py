@@ -53,7 +53,7 @@ SUITES: dict[str, Suite] = {
         actors=2,
         eval_episodes=64,
         overrides=("learner.log_every=50", "learner.checkpoint_every=500", "weights.publish_every=10"),
-        expected_minutes="~40 per run on 2 CPU cores (18 runs); ~1 per run on an H100/H200 learner",
+        expected_minutes="~15 per run on 2 CPU cores (18 runs); ~1 per run on an H100/H200 learner",
         notes="paper-size Gems critic (CNN -> 1024 -> 1024 -> 5), batch 256+256, lr 1e-3, gamma 0.99",
     ),
     "paper-kitchen": Suite(

@@ -39,3 +39,11 @@ def test_ablate_runs_each_variant_with_its_overrides(tmp_path):
     algos = {name: yaml.safe_load((tmp_path / "runs" / name / "config.yaml").read_text())["learner"]["algo"]
              for name in ("iq", "clone")}
     assert algos == {"iq": "mamql", "clone": "bc"}  # each variant trained with its own overrides
+
+    # the variants' run directories are `mamql train` runs: `mamql plot` draws them on one figure
+    out = tmp_path / "curves.png"
+    runs = [str(tmp_path / "runs" / name) for name in ("iq", "clone")]
+    plot = subprocess.run([sys.executable, "-m", "mamql.cli", "plot", *runs, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert plot.returncode == 0, plot.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
