@@ -56,6 +56,8 @@ def fast_supported(spec: Any, config: Any) -> tuple[bool, str]:
     """(True, "") when one batched step can serve every agent; else (False, why)."""
     if config.algo not in FAST_ALGOS:
         return False, f"algo {config.algo!r} has no fast path"
+    if getattr(config, "augment", "none") != "none":
+        return False, "learner.augment has no fast path"
     if float(getattr(config, "target_tau", 0.0)) > 0:
         return False, "target critics (learner.target_tau) have no fast path"
     agents = list(spec.agents)

@@ -93,6 +93,17 @@ class Updater:
         self.step = 0
         # optional target critics for V(s') (learner.target_tau > 0): the bootstrap target then moves
         # slowly instead of with every step, the usual cure for a soft-Q critic that drifts late in training
+        self.perms: Tensor | None = None  # learner.augment=symmetry: action permutations [8, A]
+        augment = getattr(config, "augment", "none")
+        if augment == "symmetry":
+            from envs.symmetry import env_symmetries
+
+            perms = env_symmetries(spec.name)
+            if perms is None:
+                raise ValueError(f"learner.augment=symmetry: env {spec.name!r} declares no symmetries")
+            self.perms = torch.as_tensor(perms, device=self.device)
+        elif augment != "none":
+            raise ValueError(f"learner.augment must be 'none' or 'symmetry', got {augment!r}")
         self.target_tau = float(getattr(config, "target_tau", 0.0))
         self.targets: dict[str, nn.Module] = {}
         if self.target_tau > 0 and algo != "bc":
@@ -106,6 +117,8 @@ class Updater:
 
     def update(self, expert: Mapping[str, np.ndarray | Tensor], online: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
         """One iteration: one Adam step per agent (random order). Returns "<agent>/<term>" floats."""
+        if self.perms is not None:
+            expert = self._augmented(expert)
         if self.algo == "bc":
             return self._update_bc(expert)
         n_exp = len(expert["done"])
@@ -142,6 +155,16 @@ class Updater:
             logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
         self.step += 1
         return logs
+
+    def _augmented(self, expert: Mapping[str, np.ndarray | Tensor]) -> dict[str, Tensor]:
+        """The expert rows, each under one of the grid's 8 symmetries drawn from self.rng (so a
+        resumed run draws the same ones)."""
+        from envs.symmetry import TRANSFORMS, augment_batch
+
+        keys = [f"{k}/{a}" for a in self.agents for k in ("obs", "next_obs", "action")]
+        batch = {k: self._tensor(expert[k]) for k in keys}
+        choice = torch.randint(0, len(TRANSFORMS), (len(expert["done"]),), generator=self.rng).to(self.device)
+        return {**expert, **augment_batch(batch, self.agents, self.perms, choice)}
 
     def _update_bc(self, expert: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
         logs: dict[str, float] = {}

@@ -95,6 +95,7 @@ class LearnerConfig:
     # expert rows only. IQ-Learn's `value` + chi^2 on policy samples halved Gems returns (docs/results.md)
     value_term: str = "online"  # online | value | expert | v0 (see learner.losses.mamql_loss)
     chi2_on_policy: bool = False
+    augment: str = "none"  # none | symmetry (expert rows under the grid's 8 rotations/reflections; envs.symmetry)
     target_tau: float = 0.0  # > 0: V(s') from a Polyak-averaged target critic (tau per update); 0 = none (reference)
     chi2_alpha: float = 0.0  # alpha of the chi^2 regulariser (coef 1/(4 chi2_alpha)); <= 0 = the temperature alpha
     log_every: int = 50

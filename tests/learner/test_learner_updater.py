@@ -96,7 +96,8 @@ def test_bad_algo_is_refused():
         make_updater(env_spec("gems"), cfg("sac"), "cpu")
 
 
-@pytest.mark.parametrize("algo,extra_cfg", [("mamql", {}), ("iqlma", {}), ("mamql", {"target_tau": 0.1})])
+@pytest.mark.parametrize("algo,extra_cfg", [("mamql", {}), ("iqlma", {}), ("mamql", {"target_tau": 0.1}),
+                                            ("bc", {"augment": "symmetry"})])
 def test_checkpoint_resume_is_exact(tmp_path, gems_demos, algo, extra_cfg):
     """Train N, save, load into a FRESH updater (other seed), train N more: identical to 2N straight
     (target critics included when learner.target_tau > 0)."""
@@ -166,3 +167,17 @@ def test_chi2_alpha_sets_the_regulariser_strength(gems_demos):
     loose = make_updater(spec, cfg(alpha=0.5, chi2_alpha=1.0), "cpu", seed=1).update(e, o)
     for a in spec.agents:  # same weights and batch: the chi^2 term halves exactly when its alpha doubles
         assert loose[f"{a}/chi2"] == pytest.approx(tied[f"{a}/chi2"] / 2, rel=1e-5)
+
+
+def test_symmetry_augmentation_changes_the_expert_rows_and_is_refused_where_undefined(gems_demos):
+    spec = env_spec("gems")
+    e = {k: v[:64] for k, v in gems_demos.items()}
+    u = make_updater(spec, cfg(augment="symmetry"), "cpu", seed=1)
+    aug = u._augmented(e)
+    moved = [not torch.equal(aug["obs/agent_0"][i], torch.as_tensor(e["obs/agent_0"][i])) for i in range(64)]
+    assert 30 < sum(moved) < 64  # ~7/8 of the rows get a non-identity transform (some images coincide)
+    assert math.isfinite(u.update(e, random_batch(spec, 64, np.random.default_rng(0)))["agent_0/loss"])
+    with pytest.raises(ValueError, match="no symmetries"):
+        make_updater(env_spec("kitchen"), cfg(augment="symmetry"), "cpu")
+    with pytest.raises(ValueError, match="augment"):
+        make_updater(spec, cfg(augment="rotate"), "cpu")

@@ -1,0 +1,44 @@
+"""Grid symmetries: a rotated/reflected Gems transition is still a Gems transition."""
+
+import numpy as np
+import pytest
+import torch
+
+from envs.gems import MOVES, gems_move
+from envs.symmetry import TRANSFORMS, action_permutations, augment_batch, env_symmetries, transform_obs
+from learner.demos import collect_demos
+
+AGENTS = ["agent_0", "agent_1"]
+
+
+def _cells(planes: torch.Tensor, plane: int) -> np.ndarray:
+    """(row, col) of the single 1 in `plane` of each row's [C, H, W] observation."""
+    flat = planes[:, plane].reshape(len(planes), -1).argmax(1).numpy()
+    return np.stack(np.divmod(flat, planes.shape[-1]), axis=1)
+
+
+def test_permutations_form_the_dihedral_group_on_moves():
+    perms = action_permutations(MOVES)
+    assert perms.shape == (8, 5)
+    assert (perms[0] == np.arange(5)).all()  # identity first
+    assert all(sorted(p) == list(range(5)) for p in perms)  # each is a permutation
+    assert (perms[:, 0] == 0).all()  # stay stays
+    assert len({tuple(p) for p in perms}) == 8  # 8 distinct images of the 4 moves
+    assert env_symmetries("kitchen") is None  # a kitchen layout is not symmetric
+
+
+@pytest.mark.parametrize("t", range(8))
+def test_transformed_expert_moves_match_transformed_next_positions(t):
+    """For every demo row and agent: the transformed agent cell, moved by the PERMUTED action, is the
+    agent cell in the transformed next observation (the dynamics commute with the symmetry)."""
+    demos, _ = collect_demos("gems", 300, seed=5, num_envs=4)
+    batch = {k: torch.as_tensor(v) for k, v in demos.items()}
+    choice = torch.full((len(batch["done"]),), t)
+    out = augment_batch(batch, AGENTS, torch.as_tensor(env_symmetries("gems")), choice)
+    for a in AGENTS:
+        assert torch.equal(out[f"obs/{a}"], transform_obs(batch[f"obs/{a}"], TRANSFORMS[t]))
+        moved = gems_move(_cells(out[f"obs/{a}"], 0), out[f"action/{a}"].numpy())
+        assert (moved == _cells(out[f"next_obs/{a}"], 0)).all()
+    assert torch.equal(out["reward/agent_0"], batch["reward/agent_0"])
+    if t:  # a non-identity transform really moves things
+        assert not torch.equal(out["obs/agent_0"], batch["obs/agent_0"])
