@@ -56,7 +56,8 @@ def env_symmetries(env_name: str) -> np.ndarray | None:
 
 
 def augment_batch(batch: dict[str, Tensor], agents: list[str], perms: Tensor, choice: Tensor) -> dict[str, Tensor]:
-    """Rows of a transition batch mapped by TRANSFORMS[choice[row]]: every agent's obs, next_obs and
+    """Rows of a transition batch mapped by TRANSFORMS[choice[row]] (perms, choice and the batch on
+    one device): every agent's obs, next_obs and
     action with the SAME transform per row (the joint transition stays consistent). Square grids only.
     Returns a new dict; the other fields (rewards, done) are unchanged, as symmetry preserves them."""
     out = dict(batch)
@@ -68,5 +69,5 @@ def augment_batch(batch: dict[str, Tensor], agents: list[str], perms: Tensor, ch
                 x[rows] = transform_obs(batch[key][rows], transform)
         out[key] = x
     for a in agents:
-        out[f"action/{a}"] = perms.to(choice.device)[choice, batch[f"action/{a}"].long()]
+        out[f"action/{a}"] = perms[choice, batch[f"action/{a}"].long()]
     return out

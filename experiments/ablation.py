@@ -54,7 +54,7 @@ def expert_agreement(updater: Any, held_out: Mapping[str, np.ndarray]) -> dict[s
 
 
 def run_variants(
-    base_overrides: list[str],
+    config_for: Callable[[list[str]], Any],
     variants: list[tuple[str, list[str]]],
     demos: Mapping[str, np.ndarray],
     held_out: Mapping[str, np.ndarray],
@@ -62,14 +62,14 @@ def run_variants(
     report: Callable[[dict], None] = lambda record: None,
     progress: bool = False,
 ) -> list[dict]:
-    """Train and evaluate every variant; returns (and reports as it goes) one record per variant."""
+    """Train and evaluate every variant; returns (and reports as it goes) one record per variant.
+    config_for(overrides) is the base config with a variant's `--set` overrides applied."""
     from learner.trainer import Trainer
-    from mamql.config import load_config, with_updates
+    from mamql.config import with_updates
 
     records = []
     for name, overrides in variants:
-        config = load_config(None, [*base_overrides, *overrides])
-        config = with_updates(config, run={"root": str(run_root), "name": name})
+        config = with_updates(config_for(overrides), run={"root": str(run_root), "name": name})
         t0 = time.monotonic()
         trainer = Trainer(config, demos, progress=progress)
         try:
@@ -95,15 +95,17 @@ def run_variants(
 
 def ablate(args: Any) -> int:
     """`mamql ablate` entry point: prints one JSON line per variant, also appended to OUT/ablation.jsonl."""
-    from learner.demos import collect_demos, load_demos
-    from mamql.config import load_config
+    import argparse
 
-    base = list(args.overrides)
-    if args.env:
-        base.append(f"env.name={args.env}")
-    if args.steps:
-        base.append(f"learner.steps={args.steps}")
-    config = load_config(args.config, base)
+    from learner.demos import collect_demos, load_demos
+    from mamql.cli import config_from_args
+
+    def config_for(overrides: list[str]):
+        """--config, the shared --set, the variant's overrides, then --env/--steps (flags win, as everywhere)."""
+        variant_args = argparse.Namespace(**{**vars(args), "overrides": [*args.overrides, *overrides]})
+        return config_from_args(variant_args, {"env": "env.name", "steps": "learner.steps"})
+
+    config = config_for([])
     env = config.env.name
     if args.demos:
         demos, meta = load_demos(args.demos)
@@ -122,5 +124,5 @@ def ablate(args: Any) -> int:
             f.write(line + "\n")
 
     variants = [parse_variant(v) for v in args.variant] or [("base", [])]
-    run_variants(base, variants, demos, held_out, out / "runs", report, progress=not args.no_progress)
+    run_variants(config_for, variants, demos, held_out, out / "runs", report, progress=not args.no_progress)
     return 0

@@ -7,6 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     from experiments.suites import SUITES
+    from mamql.cli import add_config_args
 
     p = sub.add_parser("experiment", help="run a suite of MAMQL / IQL-MA / BC runs through the distributed system")
     p.add_argument("--suite", required=True, choices=sorted(SUITES))
@@ -19,9 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_experiment)
 
     ab = sub.add_parser("ablate", help="learner variants side by side on the same demos (one process each, JSON lines)")
-    ab.add_argument("--config", default=None, help="YAML config file for the base of every variant")
-    ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override for every variant (repeatable)")
+    add_config_args(ab)  # --config and --set: the base every variant starts from
     ab.add_argument("--variant", action="append", default=[], metavar="'NAME [SECTION.KEY=VALUE ...]'",
                     help="one variant (repeatable); e.g. --variant 'reference' --variant 'chi2pol learner.chi2_on_policy=true'")
     ab.add_argument("--env", default=None, help="env.name")
@@ -79,24 +78,21 @@ def run_plot(args: argparse.Namespace) -> int:
 
     from experiments.plots import is_trainer_run, plot_results, single_run, trainer_runs
 
-    dirs = list(map(Path, args.dirs))
-    trained = [d for d in dirs if not (d / "runs").is_dir() and not (d / "status.jsonl").exists() and is_trainer_run(d)]
-    if trained:  # `mamql train` runs: one figure for all of them, so they compare at a glance
-        out = Path(args.out) if args.out else trained[0] / "plots" / "eval-curves.png"
-        for path in trainer_runs(trained, out):
-            print(path)
-    for d in dirs:
-        if d in trained:
-            continue
+    suites, runs, trained = [], [], []  # results/<suite> dirs, `mamql local` runs, `mamql train` runs
+    for d in map(Path, args.dirs):
         if (d / "runs").is_dir():
-            written = plot_results(d)
+            suites.append(d)
         elif (d / "status.jsonl").exists():
-            written = single_run(d)
+            runs.append(d)
+        elif is_trainer_run(d):
+            trained.append(d)
         else:
             print(f"mamql plot: {d} is neither a results directory (runs/), a run directory (status.jsonl) "
-                  "nor a `mamql train` run with evaluations (metrics.jsonl)",
-                  file=sys.stderr)
+                  "nor a `mamql train` run with evaluations (metrics.jsonl)", file=sys.stderr)
             return 2
-        for path in written:
-            print(path)
+    written = [p for d in suites for p in plot_results(d)] + [p for d in runs for p in single_run(d)]
+    if trained:  # one figure for all of them, so they compare at a glance
+        written += trainer_runs(trained, Path(args.out) if args.out else trained[0] / "plots" / "eval-curves.png")
+    for path in written:
+        print(path)
     return 0

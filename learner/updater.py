@@ -91,8 +91,6 @@ class Updater:
         }
         self.rng = torch.Generator().manual_seed(int(seed))  # agent order; CPU, so it checkpoints
         self.step = 0
-        # optional target critics for V(s') (learner.target_tau > 0): the bootstrap target then moves
-        # slowly instead of with every step, the usual cure for a soft-Q critic that drifts late in training
         self.perms: Tensor | None = None  # learner.augment=symmetry: action permutations [8, A]
         augment = getattr(config, "augment", "none")
         if augment == "symmetry":
@@ -104,6 +102,8 @@ class Updater:
             self.perms = torch.as_tensor(perms, device=self.device)
         elif augment != "none":
             raise ValueError(f"learner.augment must be 'none' or 'symmetry', got {augment!r}")
+        # optional target critics for V(s') (learner.target_tau > 0): the bootstrap target then moves
+        # slowly instead of with every step, the usual cure for a soft-Q critic that drifts late in training
         self.target_tau = float(getattr(config, "target_tau", 0.0))
         self.targets: dict[str, nn.Module] = {}
         if self.target_tau > 0 and algo != "bc":
@@ -198,8 +198,7 @@ class Updater:
             "critics": {a: {k: v.detach().cpu() for k, v in m.state_dict().items()} for a, m in self.critics.items()},
             "optimizers": {a: _to_cpu(o.state_dict()) for a, o in self.optimizers.items()},
             "rng": self.rng.get_state(),
-            **({"targets": {a: {k: v.detach().cpu() for k, v in m.state_dict().items()} for a, m in self.targets.items()}}
-               if self.targets else {}),
+            **({"targets": {a: _to_cpu(m.state_dict()) for a, m in self.targets.items()}} if self.targets else {}),
         }
 
     def load_state_dict(self, state: Mapping) -> None:

@@ -9,7 +9,7 @@ import yaml
 
 from experiments.ablation import parse_variant
 
-TINY = ["learner.hidden=[16]", "learner.steps=4", "learner.eval_episodes=2", "learner.seed_transitions=64",
+TINY = ["learner.hidden=[16]", "learner.steps=4", "learner.seed_transitions=64",
         "learner.batch_size=16", "learner.expert_transitions=256", "learner.log_every=2", "learner.torch_threads=1",
         "actor.num_envs=2"]
 
@@ -24,8 +24,10 @@ def test_parse_variant_and_its_errors():
 
 
 def test_ablate_runs_each_variant_with_its_overrides(tmp_path):
-    cmd = [sys.executable, "-m", "mamql.cli", "ablate", "--env", "gems", "--held-out", "200", "--out", str(tmp_path),
-           "--no-progress", "--variant", "iq", "--variant", "clone learner.algo=bc"]
+    base = tmp_path / "base.yaml"
+    base.write_text("learner:\n  eval_episodes: 2\n")  # the --config file is every variant's base
+    cmd = [sys.executable, "-m", "mamql.cli", "ablate", "--config", str(base), "--env", "gems", "--held-out", "200",
+           "--out", str(tmp_path), "--no-progress", "--variant", "iq", "--variant", "clone learner.algo=bc"]
     for item in TINY:
         cmd += ["--set", item]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -36,9 +38,10 @@ def test_ablate_runs_each_variant_with_its_overrides(tmp_path):
         assert record["steps"] == 4
         assert 0.0 <= record["expert_action_agreement"] <= 1.0
         assert record["greedy"] >= 0.0 and record["sample"] >= 0.0
-    algos = {name: yaml.safe_load((tmp_path / "runs" / name / "config.yaml").read_text())["learner"]["algo"]
-             for name in ("iq", "clone")}
-    assert algos == {"iq": "mamql", "clone": "bc"}  # each variant trained with its own overrides
+    learners = {name: yaml.safe_load((tmp_path / "runs" / name / "config.yaml").read_text())["learner"]
+                for name in ("iq", "clone")}
+    assert {n: c["algo"] for n, c in learners.items()} == {"iq": "mamql", "clone": "bc"}  # each its own overrides
+    assert all(c["eval_episodes"] == 2 for c in learners.values())  # ... on top of the --config file
 
     # the variants' run directories are `mamql train` runs: `mamql plot` draws them on one figure
     out = tmp_path / "curves.png"
