@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import torch
 from torch import Tensor
 
 TRANSFORMS = tuple(itertools.product((False, True), repeat=3))  # (transpose, flip_rows, flip_cols); [0] = identity
