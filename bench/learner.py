@@ -5,7 +5,8 @@
 Paper-size Gems critic (CNN trunk -> 1024 -> 1024 -> 5), 2 agents; `batch` rows per source (expert
 and online) per update; 0 = 256 on CUDA (the paper's) and 32 on CPU (256 takes ~1 s per update on
 one CPU core). Figures:
-- updates: updates/s and ms/update of plain eager and of the fast path (on CUDA also fast eager,
+- updates: updates/s and ms/update of plain eager, plain under torch.compile (learner.torch_compile;
+  compiled during the warm-up), and of the fast path (on CUDA also fast eager,
   fast + CUDA graph fp32 and fast + CUDA graph bf16), and fast/plain speedups. Expert rows live on
   the device (as the service's ExpertSampler keeps them); online rows arrive as numpy (as from
   replay), so host-to-device copies are part of the step.
@@ -77,7 +78,7 @@ def bench_updates(device: torch.device, batch: int, seconds: float) -> dict:
     pick = lambda: {k: v[idx] for idx in [rng.integers(0, len(data["done"]), batch)] for k, v in data.items()}
     expert = [{k: torch.as_tensor(v).to(device) for k, v in pick().items()} for _ in range(4)]
     online = [pick() for _ in range(4)]
-    variants = {"plain": (Updater, {})}
+    variants = {"plain": (Updater, {}), "plain_compiled": (Updater, {"torch_compile": True})}
     if device.type == "cuda":
         variants |= {"fast_eager": (FastUpdater, {"cuda_graph": False}),
                      "fast_graph_fp32": (FastUpdater, {"cuda_graph": True}),

@@ -85,6 +85,10 @@ class Updater:
         self.critics: dict[str, nn.Module] = {
             a: m.to(self.device) for a, m in build(spec, tuple(config.hidden) or None).items()
         }
+        # learner.torch_compile: training forwards go through torch.compile'd views of the critics; they
+        # share the parameters, so checkpoints, weight publishing and evaluation use the plain modules
+        compile_ = bool(getattr(config, "torch_compile", False))
+        self.forwards: dict[str, Any] = {a: torch.compile(m) if compile_ else m for a, m in self.critics.items()}
         self.optimizers = {
             a: torch.optim.Adam(m.parameters(), lr=float(config.lr), weight_decay=self.weight_decay)
             for a, m in self.critics.items()
@@ -134,12 +138,13 @@ class Updater:
         for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
             agent = self.agents[i]
             critic, opt = self.critics[agent], self.optimizers[agent]
+            forward = self.forwards[agent]
             if agent in self.targets:
-                q = critic(cat(f"obs/{agent}"))
+                q = forward(cat(f"obs/{agent}"))
                 with torch.no_grad():
                     q_next = self.targets[agent](cat(f"next_obs/{agent}"))
             else:
-                q, q_next = forward_current_next(critic, cat(f"obs/{agent}"), cat(f"next_obs/{agent}"))
+                q, q_next = forward_current_next(forward, cat(f"obs/{agent}"), cat(f"next_obs/{agent}"))
             if self.algo == "mamql":
                 loss, terms = mamql_loss(q, q_next, actions[agent], done, is_expert, **kwargs)
             else:
@@ -171,7 +176,7 @@ class Updater:
         for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
             agent = self.agents[i]
             critic, opt = self.critics[agent], self.optimizers[agent]
-            logits = critic(self._tensor(expert[f"obs/{agent}"]))
+            logits = self.forwards[agent](self._tensor(expert[f"obs/{agent}"]))
             actions = self._tensor(expert[f"action/{agent}"], torch.long)
             loss = bc_loss(logits, actions)
             opt.zero_grad(set_to_none=True)

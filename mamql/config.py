@@ -109,6 +109,7 @@ class LearnerConfig:
     eval_episodes: int = 16  # episodes per evaluation and mode (greedy, sample)
     keep_checkpoints: int = 3  # newest learner checkpoints kept in runs/<name>/checkpoints
     torch_threads: int = 0  # 0 = cores left after actors
+    torch_compile: bool = False  # torch.compile the critics' training forwards (first update compiles: slow)
     # learner.fast (issue #12): all agents' critics in ONE batched step when their shapes match
     # (falls back to the plain per-agent Updater otherwise). precision and cuda_graph act on CUDA.
     fast: bool = False
