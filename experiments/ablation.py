@@ -124,5 +124,7 @@ def ablate(args: Any) -> int:
             f.write(line + "\n")
 
     variants = [parse_variant(v) for v in args.variant] or [("base", [])]
+    for _, overrides in variants:  # every variant's config errors now, not after the others' training
+        config_for(overrides)
     run_variants(config_for, variants, demos, held_out, out / "runs", report, progress=not args.no_progress)
     return 0

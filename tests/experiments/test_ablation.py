@@ -50,3 +50,13 @@ def test_ablate_runs_each_variant_with_its_overrides(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert plot.returncode == 0, plot.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_ablate_checks_every_variant_before_training_any(tmp_path):
+    cmd = [sys.executable, "-m", "mamql.cli", "ablate", "--env", "gems", "--held-out", "50", "--out", str(tmp_path),
+           "--no-progress", "--variant", "fine", "--variant", "typo learner.weight_decy=0.1"]
+    for item in TINY:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "learner.weight_decy" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # the good variant was not trained first

@@ -54,6 +54,16 @@ def test_int_is_accepted_for_float_but_bool_is_not_int():
         load_config(None, ["replay.capacity=true"])
 
 
+def test_exponent_without_dot_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; a float field takes it as the number it means."""
+    path = tmp_path / "c.yaml"
+    path.write_text("learner:\n  lr: 3e-4\n")
+    config = load_config(path, ["learner.weight_decay=1e-3"])
+    assert config.learner.lr == 3e-4 and config.learner.weight_decay == 1e-3
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(None, ["replay.capacity=1e3"])
+
+
 def test_bad_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("- a\n- b\n")
