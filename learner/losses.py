@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -320,3 +321,24 @@ def epic_canonical_correlation(
     ca = epic_canonicalize(reward_fn_a, obs, actions, next_obs, state_pool, action_pool, gamma)
     cb = epic_canonicalize(reward_fn_b, obs, actions, next_obs, state_pool, action_pool, gamma)
     return affine_fit_metrics(ca, cb)["pearson"]
+
+
+def shaping_projected_correlation(r_hat: np.ndarray, r_true: np.ndarray, transition: np.ndarray, gamma: float) -> float:
+    """Shaping-invariant comparison of two rewards r(s, a) [S, A] of a TABULAR MDP with known
+    dynamics `transition` [S, A, S']: project both off the span of the potential-based shapings
+    gamma E_{s'}[Phi(s')] - Phi(s) (one basis vector per state) and constants, then Pearson-correlate
+    what is left. 1 = the same reward up to shaping, shift and positive scale, the most inverse
+    soft-Q learning can identify. Unlike EPIC it respects the dynamics (no impossible transitions)."""
+    n_states, n_actions = r_true.shape
+    eye = np.eye(n_states)
+    basis = [np.ones(n_states * n_actions)]
+    basis += [(gamma * transition[:, :, k] - eye[:, k][:, None]).reshape(-1) for k in range(n_states)]
+    b = np.stack(basis, 1)
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        return x - b @ np.linalg.lstsq(b, x, rcond=None)[0]
+
+    x, y = residual(r_hat), residual(r_true)
+    denom = math.sqrt(float(x @ x) * float(y @ y))
+    return float(x @ y) / denom if denom > 0 else float("nan")

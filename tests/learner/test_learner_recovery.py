@@ -115,3 +115,31 @@ def test_chi2_regularised_bandit_matches_stationarity():
     # switching the regulariser off recovers the true gap log 3 (up to a free constant)
     x_free = _fit(lambda t: loss_fn(t, math.inf), torch.zeros(1, 2, dtype=torch.float64), 1500, 0.05)[0]
     assert float(x_free[0] - x_free[1]) == pytest.approx(math.log(3), abs=1e-3)
+
+
+def test_shaping_projected_correlation_is_one_exactly_up_to_shaping():
+    from learner.losses import shaping_projected_correlation
+
+    rng = np.random.default_rng(0)
+    s, a = 5, 3
+    p = rng.dirichlet(np.ones(s), size=(s, a))
+    r = rng.normal(size=(s, a))
+    phi = rng.normal(size=s)
+    shaped = 2.5 * (r + GAMMA * p @ phi - phi[:, None]) + 4.0  # shaping, positive scale, shift
+    assert shaping_projected_correlation(shaped, r, p, GAMMA) == pytest.approx(1.0, abs=1e-9)
+    assert np.corrcoef(shaped.ravel(), r.ravel())[0, 1] < 0.99  # the raw correlation sees the shaping
+    assert shaping_projected_correlation(-shaped, r, p, GAMMA) == pytest.approx(-1.0, abs=1e-9)
+    other = rng.normal(size=(s, a))
+    assert abs(shaping_projected_correlation(other, r, p, GAMMA)) < 0.9
+
+
+def test_marginal_critic_recovers_the_reward_of_a_soft_optimal_expert_but_not_of_a_greedy_one():
+    """experiments.tabular_recovery at a reduced size: joint-action samples of a 2-agent game, a
+    free marginal Q table, the MAMQL loss with its default chi^2. A soft-optimal expert's marginal
+    reward comes back up to shaping; a deterministic expert's (like our scripted ones) does not."""
+    from experiments.tabular_recovery import recovery
+
+    soft = recovery(0, "soft", rows=8000, steps=1500)
+    greedy = recovery(0, "argmax", rows=8000, steps=1500)
+    assert soft["shaping_invariant"] > 0.95
+    assert greedy["shaping_invariant"] < soft["shaping_invariant"] - 0.1
