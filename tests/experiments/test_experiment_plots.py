@@ -29,6 +29,18 @@ def test_run_names_round_trip():
     assert parse_run_name(run_name("gems", 2000, "iqlma", 2)) == ("gems", 2000, "iqlma", 2)
 
 
+def test_dataset_overrides_reach_only_their_dataset_and_the_user_still_wins(tmp_path):
+    from experiments.runner import run_config
+    from experiments.suites import SUITES
+
+    suite = SUITES["paper-gems"]
+    small = run_config(suite, "gems", 1_000, "bc", 0, tmp_path, [])
+    large = run_config(suite, "gems", 20_000, "bc", 0, tmp_path, [])
+    assert (small.learner.augment, small.learner.weight_decay) == ("symmetry", 1e-3)
+    assert (large.learner.augment, large.learner.weight_decay) == ("none", -1.0)
+    assert run_config(suite, "gems", 1_000, "bc", 0, tmp_path, ["learner.augment=none"]).learner.augment == "none"
+
+
 def test_read_curve_skips_empty_intervals_and_smooths():
     import tempfile
     from pathlib import Path
