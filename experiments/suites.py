@@ -76,7 +76,7 @@ SUITES: dict[str, Suite] = {
         eval_episodes=32,
         overrides=("learner.log_every=50", "learner.checkpoint_every=500", "weights.publish_every=10",
                    "learner.hidden=[512, 512]"),
-        expected_minutes="~30 per run on 2 CPU cores (9 runs)",
+        expected_minutes="~2 per run on 2 CPU cores (9 runs, ~20 min; measured: ~33 updates/s, 1,000 env steps/s)",
         notes="MLP 512-512 instead of the paper's 2048-4096-2048 (CPU time); 400-step episodes",
     ),
 }
