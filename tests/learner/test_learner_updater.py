@@ -1,6 +1,7 @@
 """Updater: the train step of every algo on Gems and a vector env, loss decrease, exact checkpoints."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -183,6 +184,8 @@ def test_symmetry_augmentation_changes_the_expert_rows_and_is_refused_where_unde
         make_updater(spec, cfg(augment="rotate"), "cpu")
 
 
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile (inductor) needs a C++ compiler on CPU")
 def test_torch_compile_takes_the_same_steps_and_keeps_plain_checkpoints(tmp_path):
     """learner.torch_compile: same seed, same batches -> same losses and weights as eager (inductor on
     CPU); the checkpoint has the plain modules' keys, so it loads into an eager updater."""
