@@ -54,22 +54,21 @@ def expert_agreement(updater: Any, held_out: Mapping[str, np.ndarray]) -> dict[s
 
 
 def run_variants(
-    config_for: Callable[[list[str]], Any],
-    variants: list[tuple[str, list[str]]],
+    variants: list[tuple[str, list[str], Any]],
     demos: Mapping[str, np.ndarray],
     held_out: Mapping[str, np.ndarray],
     run_root: str | Path,
     report: Callable[[dict], None] = lambda record: None,
     progress: bool = False,
 ) -> list[dict]:
-    """Train and evaluate every variant; returns (and reports as it goes) one record per variant.
-    config_for(overrides) is the base config with a variant's `--set` overrides applied."""
+    """Train and evaluate every variant, (name, its `--set` overrides, its resolved config); returns
+    (and reports as it goes) one record per variant."""
     from learner.trainer import Trainer
     from mamql.config import with_updates
 
     records = []
-    for name, overrides in variants:
-        config = with_updates(config_for(overrides), run={"root": str(run_root), "name": name})
+    for name, overrides, config in variants:
+        config = with_updates(config, run={"root": str(run_root), "name": name})
         t0 = time.monotonic()
         trainer = Trainer(config, demos, progress=progress)
         try:
@@ -123,8 +122,8 @@ def ablate(args: Any) -> int:
         with open(out / "ablation.jsonl", "a") as f:
             f.write(line + "\n")
 
-    variants = [parse_variant(v) for v in args.variant] or [("base", [])]
-    for _, overrides in variants:  # every variant's config errors now, not after the others' training
-        config_for(overrides)
-    run_variants(config_for, variants, demos, held_out, out / "runs", report, progress=not args.no_progress)
+    # every variant's config resolved (and its errors raised) before any variant trains
+    variants = [(name, overrides, config_for(overrides))
+                for name, overrides in ([parse_variant(v) for v in args.variant] or [("base", [])])]
+    run_variants(variants, demos, held_out, out / "runs", report, progress=not args.no_progress)
     return 0

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.suites import SUITES, Suite, dataset_overrides
+from experiments.suites import SUITES, Suite
 from mamql.config import Config, load_config
 
 SUMMARY_FIELDS = [
@@ -37,7 +37,7 @@ def run_name(env: str, demos: int, algo: str, seed: int) -> str:
 
 def run_config(suite: Suite, env: str, demos: int, algo: str, seed: int, out: Path, extra: list[str]) -> Config:
     return load_config(None, [
-        *suite.overrides, *dataset_overrides(suite, env, demos), f"env.name={env}", f"learner.algo={algo}", f"learner.steps={suite.steps}",
+        *suite.overrides_for(env, demos), f"env.name={env}", f"learner.algo={algo}", f"learner.steps={suite.steps}",
         f"run.seed={seed}", f"env.seed={1000 * seed}", f"run.root={out / 'runs'}",
         f"run.name={run_name(env, demos, algo, seed)}", *extra,  # the user's overrides win
     ])

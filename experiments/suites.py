@@ -24,6 +24,11 @@ class Suite:
     expected_minutes: str = ""  # on the 2-core CPU box the project is developed on
     notes: str = ""
 
+    def overrides_for(self, env: str, transitions: int) -> tuple[str, ...]:
+        """The suite's overrides for one dataset's runs: its own, then that dataset's."""
+        return self.overrides + tuple(
+            o for e, n, extra in self.dataset_overrides if (e, n) == (env, transitions) for o in extra)
+
 
 # The paper-size critic and batch, for few updates: ~4 minutes per run on 2 CPU cores.
 QUICK_OVERRIDES = (
@@ -31,11 +36,6 @@ QUICK_OVERRIDES = (
     "learner.checkpoint_every=0",
     "weights.publish_every=5",
 )
-
-def dataset_overrides(suite: Suite, env: str, transitions: int) -> tuple[str, ...]:
-    """The overrides a suite adds for one dataset's runs (after the suite's own, before the user's)."""
-    return tuple(o for e, n, overrides in suite.dataset_overrides if (e, n) == (env, transitions) for o in overrides)
-
 
 SUITES: dict[str, Suite] = {
     "quick": Suite(

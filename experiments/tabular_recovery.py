@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.losses import mamql_loss, shaping_projected_correlation, soft_value
+from learner.losses import boltzmann_probs, mamql_loss, shaping_projected_correlation, soft_value
 
 STATES, ACTIONS, PARTNER_ACTIONS, GAMMA = 8, 4, 3, 0.9
 
@@ -53,7 +53,7 @@ def soft_value_iteration(reward: np.ndarray, transition: np.ndarray, alpha: floa
     v = np.zeros(reward.shape[0])
     for _ in range(iters):
         q = reward + GAMMA * transition @ v
-        v = alpha * np.log(np.exp((q - q.max(1, keepdims=True)) / alpha).sum(1)) + q.max(1)
+        v = soft_value(torch.from_numpy(q), alpha).numpy()
     return q
 
 
@@ -91,8 +91,7 @@ def recovery(seed: int, expert: str, alpha: float = 1.0, chi2_alpha: float | Non
     game = random_game(seed)
     q_star = soft_value_iteration(game.reward, game.transition, alpha)
     if expert == "soft":
-        policy = np.exp((q_star - q_star.max(1, keepdims=True)) / alpha)
-        policy /= policy.sum(1, keepdims=True)
+        policy = boltzmann_probs(torch.from_numpy(q_star), alpha).numpy()
     elif expert == "argmax":
         policy = np.eye(ACTIONS)[q_star.argmax(1)]
     else:

@@ -339,6 +339,4 @@ def shaping_projected_correlation(r_hat: np.ndarray, r_true: np.ndarray, transit
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         return x - b @ np.linalg.lstsq(b, x, rcond=None)[0]
 
-    x, y = residual(r_hat), residual(r_true)
-    denom = math.sqrt(float(x @ x) * float(y @ y))
-    return float(x @ y) / denom if denom > 0 else float("nan")
+    return affine_fit_metrics(torch.from_numpy(residual(r_hat)), torch.from_numpy(residual(r_true)))["pearson"]
