@@ -2,10 +2,12 @@
 
 One loop, in this order each step: apply the newest complete weight version if one arrived (between
 steps, so a step never mixes versions), act for all K copies in one batched call, step the envs,
-tag the transitions with actor id and the policy version that acted, and hand full batches to the
+tag the transitions with actor id and the policy (epoch, version) that acted, and hand full batches to the
 replay writer (bounded queue: when replay is slow or away the loop blocks on back-pressure instead
 of growing memory). The policy is a learned Boltzmann policy, a scripted expert (demo collection)
-or uniform random play (seeding the online table before the first weights exist).
+or uniform random play (seeding the online table before the first weights exist). The learned
+policy samples at the temperature the learner publishes with its weights (learner.alpha), never at
+one of the actor's own.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger("mamql.actor")
 
 EXPERT_VERSION = -1  # policy_version of transitions from a scripted expert
 RANDOM_VERSION = 0  # policy_version of uniform random play (no weights yet)
+NO_EPOCH = 0  # policy_epoch of transitions not acted by a learner's weights (expert, random)
 
 
 ACTOR_SEED_STRIDE = 100_003  # actor k's env copies are seeded from env.seed + stride * k
@@ -69,6 +72,7 @@ class ActorStats:
     episodes: int = 0
     batches_sent: int = 0
     weight_version: int = 0
+    weight_epoch: int = NO_EPOCH
     versions_applied: int = 0
 
 
@@ -111,9 +115,12 @@ class Actor:
         self.stats = ActorStats()
         self.metrics = ActorMetrics(registry, list(self.spec.agents)) if registry is not None else None
         self._stop = threading.Event()
+        self._stopped_at = 0.0
+        self.drain_timeout = 10.0
         self._random = RandomPolicy(dict(self.spec.num_actions), seed)
         mode = config.actor.mode
         self.learned = None
+        self.epoch = NO_EPOCH  # learner epoch of the weights acting (mamql.weights)
         if policy is not None:
             self.policy, self.version = policy, EXPERT_VERSION
         elif mode == "expert":
@@ -140,29 +147,38 @@ class Actor:
         torch.set_num_threads(max(1, self.config.actor.torch_threads))
         build = build_joint_critics if self.config.learner.algo == "iqlma" else build_critics
         critics = build(self.spec, self.config.learner.hidden or None)
+        # alpha until the first weights arrive with the learner's own (WeightSet.alpha)
         return BoltzmannPolicy(
-            critics, alpha=self.config.actor.temperature, mode="sample", epsilon=self.config.actor.epsilon, seed=seed
+            critics, alpha=self.config.learner.alpha, mode="sample", epsilon=self.config.actor.epsilon, seed=seed
         )
 
     def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stopped_at = time.monotonic()
         self._stop.set()
 
     def _maybe_apply_weights(self) -> None:
         if self.subscriber is None or self.learned is None:
             return
         weights = self.subscriber.take()
-        if weights is None or weights.version <= self.version:
+        if weights is None or not weights.supersedes(self.epoch, self.version):
             return
         self.learned.load_flat(weights_to_torch(weights), version=weights.version)
-        self.policy, self.version = self.learned, weights.version
+        if weights.alpha > 0 and weights.alpha != self.learned.alpha:  # 0: a publisher that did not say
+            log.info("acting at the learner's temperature alpha=%g", weights.alpha)
+            self.learned.alpha = weights.alpha
+        self.policy, self.epoch, self.version = self.learned, weights.epoch, weights.version
         self.subscriber.applied(weights)
-        self.stats.weight_version = weights.version
+        self.stats.weight_version, self.stats.weight_epoch = weights.version, weights.epoch
         self.stats.versions_applied += 1
         if self.metrics:
             self.metrics.weight_version.set(weights.version)
 
-    def run(self, max_steps: int = 0, send_timeout: float = 1.0) -> ActorStats:
-        """Step until stop() or `max_steps` transitions (0 = forever); flushes what is buffered."""
+    def run(self, max_steps: int = 0, send_timeout: float = 1.0, drain_timeout: float = 10.0) -> ActorStats:
+        """Step until stop() or `max_steps` transitions (0 = forever), then hand what is buffered to the
+        writer: after stop() a full send queue is waited out for up to `drain_timeout` s before the
+        batch is dropped (the caller's writer.close then waits for the acks)."""
+        self.drain_timeout = drain_timeout
         obs = self.env.reset()
         pending: list[dict] = []
         pending_rows = 0
@@ -176,6 +192,7 @@ class Actor:
             batch = transition_batch(obs, actions, result)
             batch["actor_id"] = np.full(K, self.actor_id, np.int32)
             batch["policy_version"] = np.full(K, self.version, np.int64)
+            batch["policy_epoch"] = np.full(K, self.epoch, np.int64)  # lag is measured within an epoch
             pending.append(batch)
             pending_rows += K
             obs = result.obs
@@ -199,8 +216,9 @@ class Actor:
                 self.writer.put(batch, timeout=timeout)
                 break
             except TimeoutError:
-                if self._stop.is_set():
-                    log.warning("dropping %d unsent transitions at shutdown: replay is not accepting", len(batch["done"]))
+                if self._stop.is_set() and time.monotonic() - self._stopped_at > self.drain_timeout:
+                    log.warning("dropping %d unsent transitions at shutdown: replay took none for %.0fs",
+                                len(batch["done"]), self.drain_timeout)
                     return
                 # Normal when the replay's rate limiter holds actors back for the learner; the time
                 # shows in mamql_actor_send_blocked_seconds_total.

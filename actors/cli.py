@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-envs", type=int, default=None, help="shortcut for --set actor.num_envs=...")
     p.add_argument("--mode", choices=["learned", "expert", "random"], default=None, help="shortcut for actor.mode")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many transitions (0 = run until SIGTERM)")
+    p.add_argument("--port-file", default=None, metavar="FILE",
+                   help='write {"grpc": null, "metrics": M} here when the actor starts stepping')
+    p.add_argument("--drain-timeout", type=float, default=10.0,
+                   help="seconds a stopping actor waits for replay to take and ack its queued transitions")
     p.set_defaults(func=run)
 
 
@@ -28,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from mamql.cli import config_from_args
     from mamql.log import setup_logging
     from mamql.metrics import MetricsServer, new_registry
+    from mamql.portfile import write_port_file
     from protos.rpc import Security
     from replay.client import ReplayClient
 
@@ -43,19 +48,23 @@ def run(args: argparse.Namespace) -> int:
     if config.actor.mode == "learned" and args.weights:
         subscriber = WeightSubscriber(args.weights, name, security, config.weights.max_message_mb, registry).start()
     actor = Actor(config, args.actor_id, writer, subscriber, registry)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # On SIGTERM the actor stops stepping, hands its last batch to the writer and waits (bounded) for
+    # replay to ack everything queued; see Actor.run and docs/reliability.md.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: actor.stop())
+    if args.port_file:
+        write_port_file(args.port_file, None, metrics.port if metrics else None)
     where = f", metrics on port {metrics.port}" if metrics else ""
     print(f"{name}: {config.env.name} x{config.actor.num_envs} ({config.actor.mode}) -> {args.replay}{where}", flush=True)
-    stats = actor.run(max_steps=args.max_steps)
-    flushed = writer.close(timeout=10.0)
+    stats = actor.run(max_steps=args.max_steps, drain_timeout=args.drain_timeout)
+    flushed = writer.close(timeout=args.drain_timeout)
     if subscriber:
         subscriber.close()
     client.close()
     if metrics:
         metrics.close()
     log.info(
-        "stopped: %d transitions, %d episodes, %d weight versions applied, all acked: %s",
-        stats.env_steps, stats.episodes, stats.versions_applied, flushed,
+        "stopped: %d transitions, %d acked, %d episodes, %d weight versions applied, all acked: %s",
+        stats.env_steps, writer.acked_transitions, stats.episodes, stats.versions_applied, flushed,
     )
     return 0

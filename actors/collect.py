@@ -40,12 +40,14 @@ class EpisodeAssembler:
         self.duplicates = 0  # rows dropped because their (episode, step) had arrived before
 
     def add(self, batch: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Take a sampled batch; return the episodes it completed (rows in step order)."""
+        """Take a sampled batch; return the episodes it completed (rows in step order), in the order
+        their last row arrived: a collection cut off at its target keeps the episodes that finished
+        first, whichever actor sent them, rather than favouring low actor ids."""
         actor, episode = batch["actor_id"].astype(np.int64), batch["episode_id"]
         order = np.lexsort((batch["step"], episode, actor))
         a_sorted, e_sorted = actor[order], episode[order]
         cut = np.flatnonzero((a_sorted[1:] != a_sorted[:-1]) | (e_sorted[1:] != e_sorted[:-1])) + 1
-        done = []
+        done = []  # (arrival position of the episode's last row in `batch`, episode)
         for rows in np.split(order, cut):
             key = (int(actor[rows[0]]), int(episode[rows[0]]))
             p = self.partial.setdefault(key, _Partial())
@@ -58,8 +60,9 @@ class EpisodeAssembler:
             if p.last_step >= 0 and p.rows >= p.last_step + 1:
                 episode_batch = self._complete(key, p)
                 if episode_batch is not None:
-                    done.append(episode_batch)
-        return done
+                    done.append((int(rows.max()), episode_batch))
+        done.sort(key=lambda item: item[0])
+        return [episode_batch for _, episode_batch in done]
 
     def _complete(self, key, p: _Partial) -> dict[str, np.ndarray] | None:
         n = p.last_step + 1

@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from envs.registry import env_spec
     from mamql.config import dump_config, with_updates
     from mamql.log import setup_logging
-    from mamql.supervisor import Supervisor, free_port
+    from mamql.supervisor import Supervisor, grpc_serving
+    from protos.rpc import Security
     from replay.dataset import DatasetError, DatasetWriter, spec_to_dict
 
     if (args.transitions is None) == (args.episodes is None):
@@ -140,17 +141,18 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     sup, address, actor_names = None, args.replay, []
     if not args.replay:
-        port = free_port()
-        config = with_updates(config, replay={"host": "127.0.0.1", "port": port, "checkpoint_on_exit": False,
+        config = with_updates(config, replay={"host": "127.0.0.1", "port": 0, "checkpoint_on_exit": False,
                                               "tables": [_to_dict(_collect_table(args))]})
         config_path = run_dir / "config.yaml"
         config_path.write_text(dump_config(config))
         # children die with us: a collection is long and unattended, and with the collector gone
         # nothing they hold in memory can reach the dataset
         sup = Supervisor(run_dir / "logs", die_with_parent=True)
-        address = f"127.0.0.1:{port}"
-        try:
-            sup.wait_ready(sup.start("replay", ["replay", "--config", str(config_path)]), port)
+        try:  # the replay binds port 0 and reports it: no port is handed out before it is bound
+            replay = sup.start("replay", ["replay", "--config", str(config_path)], port_file=True)
+            sup.wait_ready(replay, grpc_serving(Security.from_config(config.auth)))
+            port = replay.grpc_port
+            address = f"127.0.0.1:{port}"
             for i in range(first_id, first_id + n_actors):
                 actor_names.append(f"actor-{i}")
                 sup.start(actor_names[-1], ["actor", "--config", str(config_path), "--replay", address,

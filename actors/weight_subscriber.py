@@ -2,8 +2,10 @@
 
 The stream runs on its own thread and only ever hands over a complete version (see
 mamql.weights.WeightAssembler) that is newer than the last one handed over, so an actor never acts
-with torn weights or goes back to an older version. When the weight service goes away the thread
-reconnects with exponential backoff and jitter, resuming after the newest version it holds.
+with torn weights or goes back to an older version of the same learner. A version of another
+learner epoch (a learner restarted without its checkpoint, whose versions begin again at 1) is
+handed over at once. When the weight service goes away the thread reconnects with exponential
+backoff and jitter, resuming after the newest (epoch, version) it holds.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class WeightSubscriber:
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self._lock = threading.Lock()
         self._pending: WeightSet | None = None
-        self._received_version = 0  # newest complete version seen on the stream
+        self._received_epoch = 0  # (epoch, version) of the newest complete version seen on the stream
+        self._received_version = 0
         self._stop = threading.Event()
         self._call = None
         self._connected = threading.Event()
@@ -86,7 +89,8 @@ class WeightSubscriber:
             try:
                 with rpc.make_channel(self.address, self.security, self.max_message_mb) as channel:
                     stub = weights_pb2_grpc.WeightServiceStub(channel)
-                    request = weights_pb2.SubscribeRequest(after_version=self._received_version, subscriber=self.name)
+                    request = weights_pb2.SubscribeRequest(after_version=self._received_version,
+                                                           epoch=self._received_epoch, subscriber=self.name)
                     self._call = stub.Subscribe(request, metadata=self.security.call_metadata())
                     self._connected.set()
                     assembler = WeightAssembler()
@@ -114,10 +118,13 @@ class WeightSubscriber:
             delay = min(delay * 2, self.backoff_max_s)
 
     def _deliver(self, weights: WeightSet) -> None:
-        if weights.version <= self._received_version:
-            return  # never older after newer
+        if not weights.supersedes(self._received_epoch, self._received_version):
+            return  # never older after newer within an epoch
+        if weights.epoch != self._received_epoch and self._received_version:
+            log.warning("weights of a new learner epoch (%d, version %d) replace epoch %d version %d",
+                        weights.epoch, weights.version, self._received_epoch, self._received_version)
         with self._lock:
-            self._received_version = weights.version
+            self._received_epoch, self._received_version = weights.epoch, weights.version
             self._pending = weights
         self.versions_received += 1
         self.received.set(weights.version)

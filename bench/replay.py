@@ -63,7 +63,7 @@ def serve(kind: str, port_file: str) -> None:
     import grpc
 
     from mamql.config import Config, ReplayConfig, TableConfig, MetricsConfig
-    from protos.rpc import message_options
+    from protos.rpc import server_options
 
     if kind == "bare":
         def sink(requests, context):
@@ -71,7 +71,7 @@ def serve(kind: str, port_file: str) -> None:
                 yield len(req).to_bytes(8, "little")
 
         server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(32),
-                             options=message_options(64))
+                             options=server_options(64))
         handler = grpc.stream_stream_rpc_method_handler(sink)  # raw bytes in and out
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Sink", {"Insert": handler})])
         port = server.add_insecure_port("127.0.0.1:0")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from mamql.config import load_config  # noqa: E402
-from mamql.supervisor import free_port, port_open  # noqa: E402
+from mamql.portfile import read_port_file  # noqa: E402
 
 TABLES = "replay.tables=[{name: online, capacity: 200000}]"
 
@@ -40,18 +40,19 @@ class NullWriter:
 
 
 def start_replay(tmp: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    port_file = Path(tmp) / f"replay-{time.monotonic_ns()}.ports.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mamql.cli", "replay", "--set", f"replay.port={port}", "--set", "metrics.enabled=false",
-         "--set", TABLES, "--set", "replay.checkpoint_on_exit=false", "--set", f"run.root={tmp}"],
+        [sys.executable, "-m", "mamql.cli", "replay", "--set", "replay.port=0", "--set", "metrics.enabled=false",
+         "--set", TABLES, "--set", "replay.checkpoint_on_exit=false", "--set", f"run.root={tmp}",
+         "--port-file", str(port_file)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp,
     )
     deadline = time.time() + 60
-    while not port_open("127.0.0.1", port):
+    while (ports := read_port_file(port_file)) is None:  # written once the server is bound and serving
         if time.time() > deadline or proc.poll() is not None:
             raise RuntimeError("replay server did not start")
         time.sleep(0.1)
-    return proc, port
+    return proc, ports["grpc"]
 
 
 def stop(proc: subprocess.Popen) -> None:

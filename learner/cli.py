@@ -22,9 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--expert-transitions", type=int, default=None, help="learner.expert_transitions")
     train.add_argument("--algo", choices=["mamql", "iqlma", "bc"], default=None, help="learner.algo")
     train.add_argument("--steps", type=int, default=None, help="learner.steps (total updates, resume included)")
-    train.add_argument("--run-name", default=None, help="run.name: writes runs/<name>/")
+    train.add_argument("--run-name", default=None, help="run.name: writes runs/<name>/ (default: a new unique name)")
     train.add_argument("--seed", type=int, default=None, help="run.seed")
-    train.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoints' newest")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run --run-name from runs/<name>/checkpoints' newest")
     train.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     train.set_defaults(func=_train)
 
@@ -52,21 +53,22 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from learner.demos import collect_demos, load_demos, save_demos
-    from learner.trainer import Trainer, run_dir_of
-    from mamql.cli import config_from_args
+    from learner.trainer import Trainer
+    from mamql.cli import config_from_args, make_run_dir
 
     config = config_from_args(args, {"env": "env.name", "algo": "learner.algo", "steps": "learner.steps",
                                      "expert_transitions": "learner.expert_transitions", "run_name": "run.name",
                                      "seed": "run.seed"})
-    run_dir = run_dir_of(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "demos.npz"
-    if args.demos:
+    if args.demos:  # check the demos before a run directory exists
         demos, meta = load_demos(args.demos)
         if meta.get("env") and meta["env"] != config.env.name:
             print(f"mamql train: demos are for env {meta['env']!r}, training on {config.env.name!r}", file=sys.stderr)
             return 2
-    elif saved.exists():
+    config, run_dir = make_run_dir(config, "train", resume=args.resume)
+    saved = run_dir / "demos.npz"
+    if args.demos:
+        pass  # loaded and checked above
+    elif saved.exists():  # --resume: the run's own demos
         demos, meta = load_demos(saved)
     else:
         n = config.learner.expert_transitions
@@ -74,7 +76,12 @@ def _train(args: argparse.Namespace) -> int:
         demos, meta = collect_demos(config.env.name, n, seed=config.run.seed, env_kwargs=config.env.kwargs)
         save_demos(saved, demos, meta)
         print(f"expert: {json.dumps(meta['mean_return'])} mean return per agent -> {saved}", file=sys.stderr)
-    trainer = Trainer(config, demos, run_dir, resume=args.resume, progress=not args.no_progress)
+    print(f"mamql train: run directory {run_dir}", file=sys.stderr)
+    try:
+        trainer = Trainer(config, demos, run_dir, resume=args.resume, progress=not args.no_progress)
+    except FileNotFoundError as exc:  # --resume of a run without a checkpoint
+        print(f"mamql train: error: {exc}", file=sys.stderr)
+        return 2
     try:
         result = trainer.train()
     finally:

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from mamql.config import InputError
+
 METADATA_KEY = "__metadata_json__"
+
+
+class DemosError(InputError):
+    """A demos path that does not exist or does not hold demos (says which file and why)."""
 
 
 def collect_demos(
@@ -98,18 +105,79 @@ def save_demos(path: str | Path, batch: Mapping[str, np.ndarray], metadata: Mapp
     return path
 
 
+def check_demos(path: str | Path, fields: bool = True) -> None:
+    """Raise DemosError unless `path` looks loadable, reading headers only (no array data): a dataset
+    directory's manifest, or a .npz of plain (non-object) arrays with one row count and (`fields`)
+    the mamql.batch fields training needs. Commands run it before they create anything, so a bad
+    --demos costs nothing."""
+    from replay.dataset import NPZ_ERRORS, DatasetError, is_dataset, npz_problem, read_manifest
+
+    path = Path(path)
+    if not path.exists():
+        raise DemosError(f"demos file {path} does not exist")
+    if is_dataset(path):
+        try:
+            read_manifest(path)
+        except DatasetError as exc:
+            raise DemosError(f"{path} is not a valid demos dataset: {exc}") from None
+        return
+    if path.is_dir() or not zipfile.is_zipfile(path):
+        problem = "neither an .npz archive (mamql demos collect) nor a dataset directory (mamql collect)"
+    else:
+        try:
+            problem = _npz_problem(path, fields)
+        except NPZ_ERRORS as exc:
+            problem = npz_problem(exc)
+    if problem:
+        raise DemosError(f"{path} is not a valid demos file: {problem}")
+
+
+def _npz_problem(path: Path, fields: bool) -> str | None:
+    """What is wrong with an .npz as demos, from the .npy headers inside it; None if nothing."""
+    from mamql.batch import PER_AGENT_FIELDS, SHARED_FIELDS, agents_of
+
+    rows = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            with archive.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+            field = name.removesuffix(".npy")
+            if dtype.hasobject:
+                return f"field {field!r} holds Python objects (never unpickled); demos hold plain numeric arrays"
+            if field != METADATA_KEY:
+                rows[field] = shape[0] if shape else 0
+    agents = agents_of(rows)
+    needed = [f"{k}/{a}" for a in agents for k in PER_AGENT_FIELDS] + list(SHARED_FIELDS)
+    missing = [k for k in needed if k not in rows] if agents else ["obs/<agent>", *needed]
+    if fields and missing:
+        return f"missing field(s) {', '.join(missing)}"
+    if len(set(rows.values())) > 1:
+        return f"fields have different row counts {rows}"
+    return None
+
+
 def load_demos(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(batch, metadata) from save_demos' file, read with allow_pickle=False; a dataset directory
-    (replay.dataset, from `mamql collect`) loads whole, its manifest less the shard list as metadata."""
-    from replay.dataset import is_dataset, load_dataset, read_manifest
+    (replay.dataset, from `mamql collect`) loads whole, its manifest less the shard list as metadata.
+    A missing or corrupt file is a DemosError naming it."""
+    from replay.dataset import NPZ_ERRORS, DatasetError, is_dataset, load_dataset, npz_problem, read_manifest
 
+    check_demos(path, fields=False)  # what the caller needs of the fields is the caller's to check
     if is_dataset(path):
-        manifest = read_manifest(path)
-        metadata = {k: v for k, v in manifest.items() if k != "shards"}
-        metadata.update(env=manifest["env"]["name"], env_kwargs=manifest["env"]["kwargs"],
-                        transitions=manifest["counts"]["transitions"])
-        return load_dataset(path), metadata
-    with np.load(Path(path), allow_pickle=False) as data:
-        batch = {k: data[k] for k in data.files if k != METADATA_KEY}
-        metadata = json.loads(str(data[METADATA_KEY])) if METADATA_KEY in data.files else {}
+        try:
+            manifest = read_manifest(path)
+            metadata = {k: v for k, v in manifest.items() if k != "shards"}
+            metadata.update(env=manifest["env"]["name"], env_kwargs=manifest["env"]["kwargs"],
+                            transitions=manifest["counts"]["transitions"])
+            return load_dataset(path), metadata
+        except (DatasetError, KeyError) as exc:
+            raise DemosError(f"{path} is not a valid demos dataset: {exc}") from None
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            batch = {k: data[k] for k in data.files if k != METADATA_KEY}
+            metadata = json.loads(str(data[METADATA_KEY])) if METADATA_KEY in data.files else {}
+    except NPZ_ERRORS as exc:  # a CRC error, a cut-off member, metadata that is not JSON
+        raise DemosError(f"{path} is not a valid demos file: {npz_problem(exc)}") from None
     return batch, metadata

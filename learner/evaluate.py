@@ -57,14 +57,20 @@ def config_from_extra(extra: Mapping[str, Any]):
 
 
 def load_updater(path: str | Path, device: str = "cpu") -> tuple[Updater, dict]:
-    """Rebuild the Updater a checkpoint came from (spec and config are stored in it)."""
+    """Rebuild the Updater a checkpoint came from (spec and config are stored in it). A file that is
+    not such a checkpoint is a CheckpointError naming it (the CLI prints one line)."""
     from envs import env_spec
+    from learner.checkpoint import CheckpointError
 
     ckpt = read_checkpoint(path)
-    config = config_from_extra(ckpt["extra"])
-    spec = env_spec(config.env.name, **config.env.kwargs)
-    updater = make_updater(spec, config.learner, device)
-    updater.load_state_dict(ckpt["updater"])
+    try:
+        config = config_from_extra(ckpt["extra"])
+        spec = env_spec(config.env.name, **config.env.kwargs)
+        updater = make_updater(spec, config.learner, device)
+        updater.load_state_dict(ckpt["updater"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # no config, or weights that do not fit it
+        reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise CheckpointError(f"{path} is not a valid checkpoint: {reason}") from None
     return updater, dict(ckpt["extra"])
 
 

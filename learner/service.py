@@ -5,7 +5,9 @@ the shell around it. Expert demonstrations are static, so they live in the learn
 (on the GPU when there is one) and are sampled locally: only online transitions cross the
 network, from a prefetching sample stream, so an update waits on replay only when the actors
 cannot keep up. Every `weights.publish_every` updates the policy weights go out as a new version
-over the weight service this process hosts (learner/weight_service.py).
+over the weight service this process hosts (learner/weight_service.py), named by this learner's
+epoch (random at a fresh start, kept by --resume) and carrying learner.alpha, the temperature the
+actors then sample at.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from mamql.config import Config, to_dict
 from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricsServer, new_registry
+from mamql.weights import new_epoch
 from protos import rpc
 
 log = logging.getLogger("mamql.learner")
@@ -53,6 +56,11 @@ class LearnerMetrics:
         self.policy_lag = Histogram(
             "mamql_learner_policy_lag", "Learner weight version minus the version that acted, per sampled transition",
             buckets=POLICY_LAG_BUCKETS, registry=registry,
+        )
+        self.lag_skipped = Counter(
+            "mamql_learner_lag_skipped_transitions",
+            "Sampled online rows without a policy-lag sample: acted by no learner or by another learner epoch",
+            registry=registry,
         )
         self.sample_wait = Histogram(
             "mamql_learner_sample_wait_seconds", "Time an update waited for online data", buckets=LATENCY_BUCKETS,
@@ -127,10 +135,16 @@ class LearnerService:
         self.metrics_server: MetricsServer | None = None
         self._stop = threading.Event()
         self.version = 0
+        self.epoch = new_epoch()  # this incarnation; resume() restores the checkpointed one
         self.online_consumed = 0  # online transitions used by updates in this process
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> int:
+        from mamql.ports import check_port_free  # a busy port: one line (PortInUse), nothing bound
+
+        check_port_free(self.config.weights.host, self.config.weights.port, "weights.port")
+        if self.config.metrics.enabled:
+            check_port_free(self.config.metrics.host, self.config.metrics.port, "metrics.port")
         self.weights_port = rpc.bind(self.server, self.security, self.config.weights.host, self.config.weights.port)
         self.server.start()
         rpc.set_serving(self.health, [self._service_name], True)
@@ -158,6 +172,7 @@ class LearnerService:
             return False
         extra = load_checkpoint(path, self.updater)
         self.version = int(extra.get("weight_version", 0))
+        self.epoch = int(extra.get("weight_epoch", self.epoch))  # same learner: actors keep ordering versions
         # After a crash the lost run may have published up to checkpoint_every / publish_every versions
         # past the checkpoint. Reusing those numbers for different weights would make actors (whose
         # subscribers accept only newer versions) ignore the resumed learner until it caught up, and
@@ -179,6 +194,7 @@ class LearnerService:
             "algo": self.updater.algo,
             "step": self.updater.step,
             "weight_version": self.version,
+            "weight_epoch": self.epoch,
             "time": time.time(),
         })
         return path
@@ -187,9 +203,26 @@ class LearnerService:
         arrays, dtypes = weights_to_numpy(self.updater.policy_weights(), self.config.weights.dtype)
         self.version += 1
         meta = {"env": self.config.env.name, "algo": self.config.learner.algo, "step": str(self.updater.step)}
-        self.store.publish(arrays, version=self.version, dtypes=dtypes, metadata=meta)
+        self.store.publish(arrays, version=self.version, dtypes=dtypes, metadata=meta, epoch=self.epoch,
+                           alpha=self.updater.alpha)
         self.metrics.version.set(self.version)
         return self.version
+
+    def observe_lag(self, online: dict) -> None:
+        """Policy lag (this version - the version that acted) on the first rows of an online batch:
+        they are sampled uniformly already, so this is a fair subsample at a bounded cost. Versions
+        are ordered only within one learner epoch: rows acted by no learner (experts, random play)
+        or by another incarnation (their `policy_epoch` differs) give no lag sample and are counted
+        instead. Rows without that column (a writer that predates it) are trusted when the lag is >= 0."""
+        versions = online["policy_version"][:LAG_SAMPLES_PER_UPDATE]
+        epochs = online.get("policy_epoch")
+        mine = versions >= 0 if epochs is None else epochs[:LAG_SAMPLES_PER_UPDATE] == self.epoch
+        lags = self.version - versions[mine]
+        lags = lags[lags >= 0]
+        for lag in lags:
+            self.metrics.policy_lag.observe(float(lag))
+        if len(versions) > len(lags):
+            self.metrics.lag_skipped.inc(len(versions) - len(lags))
 
     # ------------------------------------------------------------------ the loop
     def run(self, steps: int, status_every_s: float = 10.0) -> int:
@@ -214,11 +247,7 @@ class LearnerService:
                 self.metrics.sample_wait.observe(time.perf_counter() - waited)
                 # decoded arrays are read-only views of the message; torch wants writable memory
                 online = {k: np.require(v, requirements="W") for k, v in sample.batch.items()}
-                # Rows are sampled uniformly already, so the first few are a fair subsample: bounded
-                # cost per update however large the batch (experts' -1 versions are not policy data).
-                versions = online["policy_version"][:LAG_SAMPLES_PER_UPDATE]
-                for lag in self.version - versions[versions >= 0]:
-                    self.metrics.policy_lag.observe(float(lag))
+                self.observe_lag(online)
                 started = time.perf_counter()
                 terms = self.updater.update(self.expert.sample(cfg.batch_size), online)
                 self.metrics.update_seconds.observe(time.perf_counter() - started)

@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="stop after this many updates (default learner.steps; 0 = forever)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest learner checkpoint")
     p.add_argument("--run-dir", default=None, help="default runs/<run.name>")
+    p.add_argument("--port-file", default=None, metavar="FILE",
+                   help='write {"grpc": N, "metrics": M} here once serving (use with port 0)')
     p.set_defaults(func=run)
 
 
@@ -24,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from learner.service import LearnerService
     from mamql.cli import config_from_args
     from mamql.log import setup_logging
+    from mamql.portfile import write_port_file
 
     config = config_from_args(args)
     log = setup_logging("learner", config.run.log_level)
@@ -31,9 +34,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         service.resume()
     port = service.start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: service.stop())
-    where = f", metrics on port {service.metrics_server.port}" if service.metrics_server else ""
+    metrics_port = service.metrics_server.port if service.metrics_server else None
+    if args.port_file:
+        write_port_file(args.port_file, port, metrics_port)
+    where = f", metrics on port {metrics_port}" if metrics_port else ""
     print(f"learner: weights on {config.weights.host}:{port}{where}, device {service.device}", flush=True)
     steps = config.learner.steps if args.steps is None else args.steps
     try:

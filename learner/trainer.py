@@ -89,6 +89,7 @@ class Trainer:
         # the rollout policy acts on its own CPU copy of the weights, refreshed every iteration
         self.policy = policy_from(self.updater, "sample", alpha=lc.alpha, seed=seed)
         self.rollout_returns: list[float] = []
+        self.written_checkpoint: Path | None = None  # the newest checkpoint this Trainer wrote
         self._seed_online(make_expert(config.env.name, kind="random", seed=seed, **env_kwargs))
 
     def _step_env(self, policy) -> None:
@@ -131,6 +132,7 @@ class Trainer:
         keep = max(1, self.config.learner.keep_checkpoints)
         for old in sorted(self.ckpt_dir.glob("learner_*.pt"))[:-keep]:
             old.unlink(missing_ok=True)
+        self.written_checkpoint = path
         return path
 
     def _log(self, record: dict) -> None:
@@ -138,11 +140,13 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def train(self, steps: int | None = None) -> dict[str, Any]:
-        """Train until updater.step == steps (default learner.steps); returns the last eval."""
+        """Train until updater.step == steps (default learner.steps); returns the last eval and the
+        checkpoint this call wrote (None when a resumed run had nothing left to do)."""
         from tqdm import tqdm
 
         lc = self.config.learner
         total = lc.steps if steps is None else int(steps)
+        self.written_checkpoint = None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(dump_config(self.config))
         if self.resumed_from:
@@ -184,7 +188,8 @@ class Trainer:
             if (lc.checkpoint_every and u.step % lc.checkpoint_every == 0) or u.step == total:
                 self.checkpoint()
         bar.close()
-        return {"step": u.step, "eval": last_eval, "checkpoint": str(latest_checkpoint(self.run_dir))}
+        ckpt = self.written_checkpoint
+        return {"step": u.step, "eval": last_eval, "checkpoint": str(ckpt) if ckpt else None}
 
     def close(self) -> None:
         self.env.close()

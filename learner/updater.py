@@ -259,8 +259,11 @@ def save_checkpoint(path: str | Path, updater: Updater, extra: Mapping[str, Any]
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict ({"updater", "extra"}), loaded with weights_only=True on CPU."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """The raw checkpoint dict ({"updater", "extra"}), loaded with weights_only=True on CPU; a
+    missing or corrupt file is a learner.checkpoint.CheckpointError naming it."""
+    from learner.checkpoint import read_torch_checkpoint
+
+    return read_torch_checkpoint(path)
 
 
 def load_checkpoint(path: str | Path, updater: Updater) -> dict:

@@ -4,7 +4,9 @@ It is hosted inside the learner process (one fewer process to deploy and no extr
 largest messages the system sends); `Publish` also accepts versions over gRPC, so the same service
 can run stand-alone if several learners ever feed one fleet. Subscribers always receive the newest
 version: when the learner publishes faster than a slow actor reads, intermediate versions are
-skipped, never reordered. Imports no torch: weights arrive here as numpy arrays.
+skipped, never reordered. Versions are ordered within a learner epoch (mamql/weights.py); a
+version of another epoch replaces the latest whatever its number, and subscribers holding the old
+epoch get it at once. Imports no torch: weights arrive here as numpy arrays.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class WeightStore:
     def __init__(self, max_chunk_bytes: int = 4 << 20):
         self.max_chunk_bytes = max_chunk_bytes
         self._cond = threading.Condition()
+        self._epoch = 0
         self._version = 0
         self._chunks: list[bytes] = []  # serialized once per version, whatever the number of subscribers
         self._closed = False
@@ -40,35 +43,49 @@ class WeightStore:
     def version(self) -> int:
         return self._version
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
     def publish(
         self,
         tensors: Mapping[str, np.ndarray],
         version: int | None = None,
         dtypes: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
+        epoch: int | None = None,
+        alpha: float = 0.0,
     ) -> int:
+        """Publish one version (epoch None = the current one) at temperature `alpha`."""
         with self._cond:
-            version = self._version + 1 if version is None else version
-        chunks = split_weights(tensors, version, self.max_chunk_bytes, dtypes, metadata)
+            epoch = self._epoch if epoch is None else epoch
+            if version is None:
+                version = self._version + 1 if epoch == self._epoch else 1
+        chunks = split_weights(tensors, version, self.max_chunk_bytes, dtypes, metadata, epoch=epoch, alpha=alpha)
         self.publish_chunks(chunks)
         return version
 
     def publish_chunks(self, chunks: list[weights_pb2.WeightChunk]) -> None:
-        version = chunks[0].version
+        epoch, version = chunks[0].epoch, chunks[0].version
         serialized = [chunk.SerializeToString() for chunk in chunks]
         with self._cond:
-            if version <= self._version:
-                raise ValueError(f"version {version} is not newer than the latest {self._version}")
-            self._version, self._chunks = version, serialized
+            if epoch == self._epoch and version <= self._version:
+                raise ValueError(f"version {version} is not newer than the latest {self._version} of epoch {epoch}")
+            if epoch != self._epoch and self._version:
+                log.warning("weights of epoch %d replace epoch %d (a new learner)", epoch, self._epoch)
+            self._epoch, self._version, self._chunks = epoch, version, serialized
             self._cond.notify_all()
 
-    def wait_newer(self, after: int, timeout: float) -> tuple[int, list[bytes]] | None:
-        """The latest version if newer than `after`, waiting at most `timeout` seconds."""
+    def wait_newer(self, after: int, timeout: float, epoch: int | None = None) -> tuple[int, int, list[bytes]] | None:
+        """(epoch, version, chunks) of the latest version if it supersedes `after` of `epoch` (None =
+        the current epoch): any version of another epoch, a newer one of the same. Waits at most
+        `timeout` seconds."""
+        def ready() -> bool:
+            return self._version > 0 and ((epoch is not None and self._epoch != epoch) or self._version > after)
+
         with self._cond:
-            self._cond.wait_for(lambda: self._version > after or self._closed, timeout=timeout)
-            if self._version > after:
-                return self._version, self._chunks
-            return None
+            self._cond.wait_for(lambda: ready() or self._closed, timeout=timeout)
+            return (self._epoch, self._version, self._chunks) if ready() else None
 
     def close(self) -> None:
         with self._cond:
@@ -113,14 +130,14 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before a chunk with last=true")
 
     def Subscribe(self, request, context) -> Iterator[bytes]:
-        after = request.after_version
+        epoch, after = request.epoch, request.after_version
         self._subscribers.inc()
         try:
             while context.is_active():
-                newer = self.store.wait_newer(after, timeout=0.5)
+                newer = self.store.wait_newer(after, timeout=0.5, epoch=epoch)
                 if newer is None:
                     continue
-                after, chunks = newer
+                epoch, after, chunks = newer
                 yield from chunks
                 self._sent.inc()
         finally:
@@ -130,7 +147,7 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
         newer = self.store.wait_newer(0, timeout=0)
         if newer is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no weights published yet")
-        yield from newer[1]
+        yield from newer[2]
 
 
 def serve_weights(store: WeightStore, server: grpc.Server, registry=None, max_bytes: int = 1 << 31) -> WeightServicer:

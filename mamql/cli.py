@@ -42,12 +42,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = None):
-    """The resolved config: defaults, --config file, --set overrides, then convenience flags.
+    """The resolved and validated config: defaults, --config file, --set overrides, then convenience flags.
 
     `flags` maps an argparse attribute to the config key it sets (e.g. {"env": "env.name"}); a flag
     left at None changes nothing, and a flag given wins over --set, as a user typing both expects.
+    Every command resolves its config here first, so mamql.config.validate runs before anything starts.
     """
-    from mamql.config import load_config, with_updates
+    from mamql.config import load_config, validate, with_updates
 
     config = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
     sections: dict[str, dict] = {}
@@ -56,16 +57,90 @@ def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = No
         if value is not None:
             section, name = key.split(".", 1)
             sections.setdefault(section, {})[name] = value
-    return with_updates(config, **sections) if sections else config
+    return validate(with_updates(config, **sections) if sections else config)
+
+
+# Argument checks for every command, by attribute name, run before its handler: counts that must
+# not be negative (or zero), and input paths that must hold what they claim to.
+MIN_COUNTS = {"steps": 0, "transitions": 1, "episodes": 1, "expert_transitions": 1, "actors": 0,
+              "num_envs": 1, "recovery_rows": 1, "held_out": 0}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Raise InputError for a bad argument before the command creates a directory or a process."""
+    from pathlib import Path
+
+    from mamql.config import InputError
+
+    for name, low in MIN_COUNTS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value < low:
+            raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    env = getattr(args, "env", None)
+    if isinstance(env, str):
+        from envs.registry import canonical_name
+
+        try:
+            canonical_name(env)
+        except KeyError as exc:
+            raise InputError(f"--env: {exc.args[0]}") from None
+    if getattr(args, "demos", None):
+        from learner.demos import check_demos
+
+        check_demos(args.demos)
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint and not Path(checkpoint).is_file():
+        raise InputError(f"checkpoint {checkpoint} does not exist")
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """`train`, `demos collect`, ...: the words a user typed, for error lines."""
+    words = [args.command]
+    action = getattr(args, f"{args.command}_command", None)
+    return " ".join(words + [action] if action else words)
 
 
 def default_run_name(config, prefix: str) -> str:
-    """run.name unless it is the default; else `<prefix>-<env>-<UTC time>` (one directory per run)."""
+    """run.name unless it is the default; else `<prefix>-<env>-<UTC time>-<random>`: runs started in
+    the same second get different names (make_run_dir also creates the directory atomically)."""
+    import secrets
     import time
 
     if config.run.name != "default":
         return config.run.name
-    return f"{prefix}-{config.env.name.replace('/', '-')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{prefix}-{config.env.name.replace('/', '-')}-{stamp}-{secrets.token_hex(3)}"
+
+
+def make_run_dir(config, prefix: str, resume: bool = False):
+    """(config with its run.name, the run directory). A new run gets a directory of its own, made
+    with mkdir(exist_ok=False) so that two runs never share one: an existing directory is refused
+    (InputError), a default name is drawn again. With `resume` the directory must already exist."""
+    from pathlib import Path
+
+    from mamql.config import InputError, with_updates
+
+    root = Path(config.run.root)
+    if resume:
+        if config.run.name == "default":
+            raise InputError("--resume needs the name of the run to continue (--run-name)")
+        path = root / config.run.name
+        if not path.is_dir():
+            raise InputError(f"--resume: no run directory {path}")
+        return config, path
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(8):
+        name = default_run_name(config, prefix)
+        path = root / name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if config.run.name == "default":
+                continue
+            raise InputError(f"run directory {path} already exists: choose another --run-name, "
+                             "or add --resume to continue that run") from None
+        return with_updates(config, run={"name": name}), path
+    raise InputError(f"could not create a new run directory under {root}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from mamql.config import ConfigError
+    from mamql.config import InputError
 
     try:
+        check_args(args)
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"mamql: config error: {exc}", file=sys.stderr)
+    except InputError as exc:  # bad config, file, argument or port: one line, argparse style
+        print(f"mamql {command_name(args)}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -16,7 +16,12 @@ from typing import Any, Mapping
 import yaml
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Bad user input (a config value, a file, a busy port): `mamql` prints it as one line
+    `mamql <cmd>: error: ...` and exits 2, before the command has started anything."""
+
+
+class ConfigError(InputError):
     """A configuration file or override that does not match the schema."""
 
 
@@ -73,7 +78,6 @@ class ActorConfig:
     mode: str = "learned"  # learned | expert | random
     expert: str = "scripted"
     epsilon: float = 0.0
-    temperature: float = 1.0  # Boltzmann alpha
     send_batch_size: int = 256  # transitions per Insert message
     send_queue_batches: int = 64  # bounded buffer while replay is slow or away
     table: str = "online"
@@ -88,7 +92,7 @@ class LearnerConfig:
     batch_size: int = 256  # per agent, per source (expert and online)
     lr: float = 1e-3
     gamma: float = 0.99
-    alpha: float = 1.0  # Boltzmann temperature
+    alpha: float = 1.0  # Boltzmann temperature of the loss; actors sample at it too (sent with the weights)
     weight_decay: float = -1.0  # < 0 = the env's default from the paper
     hidden: tuple[int, ...] = ()  # () = the env's default architecture
     # the reference code's objective (ma-mql `mamql_online`): value term on online rows, chi^2 on
@@ -272,7 +276,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Defaults, then the YAML file, then `--set` overrides, validated as a whole."""
     data: dict = to_dict(Config())
     if path:
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         try:
             loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -293,6 +300,55 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             node = node[key]
         node[keys[-1]] = value
     return _build(Config, data)
+
+
+# --------------------------------------------------------------------------- validation
+
+ALGOS = ("mamql", "iqlma", "bc")  # learner.updater.ALGOS (not imported here: it pulls in torch)
+ACTOR_MODES = ("learned", "expert", "random")
+EXPERTS = ("scripted", "random")
+
+
+def validate(config: Config) -> Config:
+    """Check what the schema's types cannot (names that must exist, counts, port ranges) and raise
+    one ConfigError listing every problem. Commands call it on their resolved config (through
+    mamql.cli.config_from_args) before they create a run directory or start a process, so a typo is
+    one error line rather than a traceback from a child process minutes later."""
+    import logging
+
+    from envs.registry import canonical_name
+    from replay.sampler import SAMPLERS
+
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    try:
+        canonical_name(config.env.name)
+    except KeyError as exc:
+        problems.append(f"env.name: {exc.args[0]}")
+    learner, actor = config.learner, config.actor
+    need(learner.steps >= 0, f"learner.steps must be >= 0, got {learner.steps}")
+    need(learner.algo in ALGOS, f"learner.algo must be one of {', '.join(ALGOS)}, got {learner.algo!r}")
+    need(learner.batch_size >= 1, f"learner.batch_size must be >= 1, got {learner.batch_size}")
+    need(learner.expert_transitions >= 1, f"learner.expert_transitions must be >= 1, got {learner.expert_transitions}")
+    need(actor.num_envs >= 1, f"actor.num_envs must be >= 1, got {actor.num_envs}")
+    need(actor.mode in ACTOR_MODES, f"actor.mode must be one of {', '.join(ACTOR_MODES)}, got {actor.mode!r}")
+    need(actor.expert in EXPERTS, f"actor.expert must be one of {', '.join(EXPERTS)}, got {actor.expert!r}")
+    for section in ("replay", "weights", "metrics"):
+        port = getattr(config, section).port
+        need(0 <= port <= 65535, f"{section}.port must be 0 (any free port) to 65535, got {port}")
+    for table in config.replay.tables:
+        where = f"replay.tables[{table.name!r}]"
+        need(table.capacity >= 1, f"{where}.capacity must be >= 1, got {table.capacity}")
+        need(table.sampler in SAMPLERS, f"{where}.sampler must be one of {', '.join(SAMPLERS)}, got {table.sampler!r}")
+    need(isinstance(logging.getLevelName(config.run.log_level.upper()), int),
+         f"run.log_level must be DEBUG, INFO, WARNING or ERROR, got {config.run.log_level!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config
 
 
 def dump_config(config: Config) -> str:

@@ -1,11 +1,16 @@
 """`mamql local`: the whole system on one machine, as real separate processes on 127.0.0.1.
 
-Order of events: resolve the config and write the run directory; collect expert demonstrations
-(unless given); start replay, then the learner (which hosts the weight service), then the actors;
-print one status line per interval from the processes' own /metrics endpoints; when the learner
-has done its steps, or on Ctrl-C/SIGTERM, stop actors → learner → replay, each with SIGTERM, so
-the learner and replay write their final checkpoints. A dead actor is restarted (it rejoins with
-the next weight version); a dead learner or replay ends the run with an error.
+Order of events: resolve the config and create the run directory (a new one, or with `--resume`
+an existing run's); collect expert demonstrations (unless given); start replay, then the learner
+(which hosts the weight service), then the actors: each binds port 0, reports its ports in a port
+file and is waited for (the servers until gRPC health answers SERVING); print one status line per
+interval from the processes' own /metrics endpoints; when the learner has done its steps, or on
+Ctrl-C/SIGTERM/SIGHUP, let the replay admit inserts past its rate limiter (SIGUSR1) and stop
+actors → learner → replay, each with SIGTERM: the actors' queued transitions drain into the
+replay, the learner and replay write their final checkpoints. A dead actor is restarted (it
+rejoins with the next weight version) up to --max-actor-restarts times, then the run fails; a dead
+learner or replay ends the run with an error. The children die with this process
+(PR_SET_PDEATHSIG), so even `kill -9` of it leaves none running.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import threading
 import time
 from pathlib import Path
 
-from mamql.config import Config, dump_config, with_updates
-from mamql.supervisor import Supervisor, free_port, scrape, total
+from mamql.config import Config, InputError, dump_config, with_updates
+from mamql.supervisor import Supervisor, grpc_serving, scrape, total
 
 MAX_ACTOR_RESTARTS = 5
+ACTOR_GRACE_S = 30.0  # a stopping actor's drain (<= 10 s for its last batch, <= 10 s for acks) and exit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,13 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("local", help="run replay, learner and actors as local processes (the main job)")
     add_config_args(p)
     p.add_argument("--env", default=None, help="shortcut for --set env.name=...")
-    p.add_argument("--actors", type=int, default=2, help="actor processes")
+    p.add_argument("--actors", type=int, default=None, help="actor processes (default 2, or the resumed run's)")
     p.add_argument("--num-envs", type=int, default=None, help="env copies per actor (actor.num_envs)")
     p.add_argument("--steps", type=int, default=None, help="learner updates (learner.steps)")
     p.add_argument("--algo", default=None, choices=["mamql", "iqlma", "bc"], help="learner.algo")
     p.add_argument("--demos", default=None, metavar="PATH", help="expert demos; default: collect them first")
     p.add_argument("--expert-transitions", type=int, default=20_000, help="demos to collect when --demos is absent")
-    p.add_argument("--run-name", default=None, help="run directory name under run.root")
+    p.add_argument("--run-name", default=None, help="run directory name under run.root (default: a new unique one)")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue run RUN (a name under run.root, or its directory) with its config.yaml and "
+                        "demos: the learner from its latest checkpoint, the replay from its exit checkpoint")
+    p.add_argument("--max-actor-restarts", type=int, default=MAX_ACTOR_RESTARTS,
+                   help="restarts per actor before the run fails")
     p.add_argument("--status-every", type=float, default=2.0, help="seconds between status lines")
     p.set_defaults(func=run)
 
@@ -115,10 +126,10 @@ def format_status(s: dict) -> str:
     )
 
 
-def write_process_table(sup: Supervisor, path: Path, grpc_ports: dict[str, int]) -> None:
+def write_process_table(sup: Supervisor, path: Path) -> None:
     """pids and ports of the children, for users (and tests) who want to look at one process."""
     table = {
-        name: {"pid": c.popen.pid, "metrics_port": c.metrics_port, "grpc_port": grpc_ports.get(name, 0),
+        name: {"pid": c.popen.pid, "metrics_port": c.metrics_port, "grpc_port": c.grpc_port,
                "log": str(c.log_path), "restarts": c.restarts}
         for name, c in sup.children.items() if c.popen is not None
     }
@@ -127,29 +138,65 @@ def write_process_table(sup: Supervisor, path: Path, grpc_ports: dict[str, int])
     tmp.replace(path)
 
 
-def resolve(args: argparse.Namespace) -> Config:
-    from mamql.cli import config_from_args, default_run_name
+FLAGS = {"env": "env.name", "num_envs": "actor.num_envs", "steps": "learner.steps", "algo": "learner.algo",
+         "run_name": "run.name"}
 
-    config = config_from_args(args, {"env": "env.name", "num_envs": "actor.num_envs", "steps": "learner.steps",
-                                     "algo": "learner.algo", "run_name": "run.name"})
-    return with_updates(config, run={"name": default_run_name(config, "local")})
+
+def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The config and the run directory: a new directory, or with --resume the named run's (its
+    config.yaml, with any --set and flags given now on top)."""
+    from mamql.cli import config_from_args, make_run_dir
+
+    if not args.resume:
+        return make_run_dir(config_from_args(args, FLAGS), "local")
+    if args.config or args.run_name:
+        raise InputError("--resume RUN continues that run with its own config.yaml: drop --config and --run-name")
+    path = Path(config_from_args(args).run.root) / args.resume
+    if not (path / "config.yaml").is_file():
+        path = Path(args.resume)
+    if not (path / "config.yaml").is_file():
+        raise InputError(f"--resume: no run directory with a config.yaml at {args.resume} or under run.root")
+    config = config_from_args(argparse.Namespace(**{**vars(args), "config": str(path / "config.yaml")}), FLAGS)
+    if Path(config.run.root).resolve() != path.parent.resolve():  # given as a directory elsewhere
+        config = with_updates(config, run={"root": str(path.parent.resolve())})
+    return with_updates(config, run={"name": path.name}), path
 
 
 def run(args: argparse.Namespace) -> int:
     from mamql.log import setup_logging
 
-    config = resolve(args)
+    config, run_dir = resolve(args)
     setup_logging("local", config.run.log_level)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP (the terminal closed) stops the run in order too; kill -9 is covered by PR_SET_PDEATHSIG
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
-    return run_system(config, args.actors, args.demos, args.expert_transitions, stop, args.status_every)
+    saved = read_run_info(run_dir) if args.resume else {}
+    actors = args.actors if args.actors is not None else saved.get("actors", 2)
+    return run_system(config, actors, args.demos or saved.get("demos"), args.expert_transitions, stop,
+                      args.status_every, resume=bool(args.resume), max_actor_restarts=args.max_actor_restarts)
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """What `--resume` takes over from a run besides config.yaml: its actor count and demos path."""
+    try:
+        return json.loads((run_dir / "local.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def say(text: str, file=None) -> None:
+    """print that survives a closed terminal (SIGHUP): the shutdown must go on without a stdout."""
+    try:
+        print(text, file=file or sys.stdout, flush=True)
+    except OSError:
+        pass
 
 
 def collect_demos_process(sup: Supervisor, env: str, transitions: int, out: str, stop: threading.Event,
                           seed: int = 0) -> int:
     """`mamql demos collect` as a child process; returns its exit code (130 when stopped)."""
-    print(f"collecting {transitions} expert transitions -> {out}", flush=True)
+    say(f"collecting {transitions} expert transitions -> {out}")
     child = sup.start("collect", ["demos", "collect", "--env", env, "--transitions", str(transitions),
                                   "--out", out, "--seed", str(seed)])
     while child.popen.poll() is None:
@@ -157,24 +204,38 @@ def collect_demos_process(sup: Supervisor, env: str, transitions: int, out: str,
             sup.stop(["collect"])
             return 130
     if child.popen.returncode != 0:
-        print(f"demo collection failed:\n{sup.tail(child)}", file=sys.stderr)
+        say(f"demo collection failed:\n{sup.tail(child)}", sys.stderr)
     return child.popen.returncode
 
 
+def last_env_steps(status_path: Path) -> float:
+    """The env-step count a resumed run's status lines continue from (a monotone x axis)."""
+    try:
+        return float(json.loads(status_path.read_text().splitlines()[-1])["env_steps"])
+    except (OSError, ValueError, IndexError, KeyError):
+        return 0.0
+
+
 def run_system(config: Config, actors: int, demos: str | None, expert_transitions: int,
-               stop: threading.Event, status_every: float = 2.0, quiet: bool = False) -> int:
+               stop: threading.Event, status_every: float = 2.0, quiet: bool = False, resume: bool = False,
+               max_actor_restarts: int = MAX_ACTOR_RESTARTS) -> int:
     """Replay + learner + `actors` actor processes until the learner finishes or `stop` is set.
 
-    Writes runs/<name>/ (config.yaml, status.jsonl, processes.json, logs/; the learner adds
-    metrics.jsonl and checkpoints/). Returns 0 when every process ended cleanly.
+    Writes runs/<name>/ (config.yaml, local.json, status.jsonl, processes.json, logs/; the learner
+    adds metrics.jsonl and checkpoints/). `resume` continues the run in that directory. Returns 0
+    when every process ended cleanly. Call it from a thread that lives until it returns: the
+    children die with that thread (Supervisor).
     """
+    from protos.rpc import Security
+    from replay.server import default_checkpoint_dir
+
     log = logging.getLogger("mamql.local")
     run_dir = Path(config.run.root) / config.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     config_path.write_text(dump_config(config))
-    sup = Supervisor(run_dir / "logs")
-    print(f"mamql local: run directory {run_dir}", flush=True)
+    sup = Supervisor(run_dir / "logs", die_with_parent=True)
+    say(f"mamql local: {'resuming' if resume else 'run directory'} {run_dir}")
 
     if not demos:
         demos = str(run_dir / "demos.npz")
@@ -182,65 +243,90 @@ def run_system(config: Config, actors: int, demos: str | None, expert_transition
             code = collect_demos_process(sup, config.env.name, expert_transitions, demos, stop, config.run.seed)
             if code != 0:
                 return code if code == 130 else 1
+    (run_dir / "local.json").write_text(json.dumps({"actors": actors, "demos": str(Path(demos).resolve())}))
 
+    serving = grpc_serving(Security.from_config(config.auth))
     common = ["--config", str(config_path)]
-    replay_port, weights_port = free_port(), free_port()
-    replay_metrics, learner_metrics = free_port(), free_port()
-    replay = sup.start("replay", ["replay", *common, "--set", "replay.host=127.0.0.1", "--set", f"replay.port={replay_port}",
-                                  "--set", f"metrics.port={replay_metrics}"], metrics_port=replay_metrics)
+    ports = ["--set", "metrics.port=0"]  # every server binds port 0 and reports it (--port-file)
+    replay_args = ["replay", *common, *ports, "--set", "replay.host=127.0.0.1", "--set", "replay.port=0"]
+    replay_checkpoint = Path(default_checkpoint_dir(config))
+    if resume and (replay_checkpoint / "header.json").exists():
+        replay_args += ["--restore", str(replay_checkpoint)]
+    actor_names = [f"actor-{i}" for i in range(actors)]
     try:
-        sup.wait_ready(replay, replay_port)
-        learner = sup.start("learner", ["learner", *common, "--replay", f"127.0.0.1:{replay_port}", "--demos", demos,
+        replay = sup.start("replay", replay_args, port_file=True)
+        sup.wait_ready(replay, serving)
+        replay_address = f"127.0.0.1:{replay.grpc_port}"
+        learner = sup.start("learner", ["learner", *common, *ports, "--replay", replay_address, "--demos", demos,
                                         "--run-dir", str(run_dir), "--set", "weights.host=127.0.0.1",
-                                        "--set", f"weights.port={weights_port}",
-                                        "--set", f"metrics.port={learner_metrics}"], metrics_port=learner_metrics)
-        sup.wait_ready(learner, weights_port)
-        actor_names = []
-        for i in range(actors):
-            port = free_port()
-            name = f"actor-{i}"
-            sup.start(name, ["actor", *common, "--replay", f"127.0.0.1:{replay_port}",
-                             "--weights", f"127.0.0.1:{weights_port}", "--actor-id", str(i),
-                             "--set", f"metrics.port={port}"], metrics_port=port)
-            actor_names.append(name)
+                                        "--set", "weights.port=0", *(["--resume"] if resume else [])],
+                            port_file=True)
+        sup.wait_ready(learner, serving)
+        for i, name in enumerate(actor_names):
+            sup.start(name, ["actor", *common, *ports, "--replay", replay_address,
+                             "--weights", f"127.0.0.1:{learner.grpc_port}", "--actor-id", str(i)], port_file=True)
+        for name in actor_names:
+            sup.wait_ready(sup.children[name])
     except RuntimeError as exc:
-        print(f"mamql local: {exc}", file=sys.stderr)
+        say(f"mamql local: {exc}", sys.stderr)
         sup.stop(list(reversed(sup.children)))
         return 1
 
-    write_process_table(sup, run_dir / "processes.json", {"replay": replay_port, "learner": weights_port})
+    table_path = run_dir / "processes.json"
+    write_process_table(sup, table_path)
     status = StatusLine()
+    status.env_steps = last_env_steps(run_dir / "status.jsonl") if resume else 0.0
     exit_code = 0
     with (run_dir / "status.jsonl").open("a") as status_file:
         while not stop.wait(status_every):
+            # a restarted actor reports its new metrics port once it is up
+            if any(not c.metrics_port and c.alive() and c.read_ports() for c in sup.children.values()):
+                write_process_table(sup, table_path)
             snapshot = status.measure(sup)
             status_file.write(json.dumps(snapshot) + "\n")
             status_file.flush()
             if not quiet:
-                print(format_status(snapshot), flush=True)
+                say(format_status(snapshot))
             if not learner.alive():
                 if learner.popen.returncode != 0:
-                    print(f"learner failed ({learner.popen.returncode}):\n{sup.tail(learner)}", file=sys.stderr)
+                    say(f"learner failed ({learner.popen.returncode}):\n{sup.tail(learner)}", sys.stderr)
                     exit_code = 1
                 break
             if not replay.alive():
-                print(f"replay died ({replay.popen.returncode}):\n{sup.tail(replay)}", file=sys.stderr)
+                say(f"replay died ({replay.popen.returncode}):\n{sup.tail(replay)}", sys.stderr)
                 exit_code = 1
                 break
-            for name in actor_names:
-                child = sup.children[name]
-                if not child.alive():
-                    if child.restarts >= MAX_ACTOR_RESTARTS:
-                        continue
-                    log.warning("%s exited with %s; restarting", name, child.popen.returncode)
-                    sup.restart(name)
-                    write_process_table(sup, run_dir / "processes.json", {"replay": replay_port, "learner": weights_port})
+            if restart_dead_actors(sup, actor_names, max_actor_restarts, log):
+                write_process_table(sup, table_path)
+            if any(not sup.children[n].alive() for n in actor_names):  # out of restarts
+                exit_code = 1
+                break
+    sup.signal(["replay"], signal.SIGUSR1)  # admit the actors' last batches past the rate limiter
     codes = {}
-    codes.update(sup.stop(actor_names))
+    codes.update(sup.stop(actor_names, grace=ACTOR_GRACE_S))
     codes.update(sup.stop(["learner"], grace=60))
     codes.update(sup.stop(["replay"], grace=60))
-    print("exit codes: " + ", ".join(f"{n}={c}" for n, c in codes.items()), flush=True)
-    print(f"run directory: {run_dir} (config.yaml, metrics.jsonl, status.jsonl, checkpoints/, logs/)", flush=True)
-    if exit_code == 0 and any(code != 0 for name, code in codes.items() if name in ("learner", "replay")):
+    say("exit codes: " + ", ".join(f"{n}={c}" for n, c in codes.items()))
+    say(f"run directory: {run_dir} (config.yaml, metrics.jsonl, status.jsonl, checkpoints/, logs/)")
+    if exit_code == 0 and any(code != 0 for code in codes.values()):
         exit_code = 1
     return exit_code
+
+
+def restart_dead_actors(sup: Supervisor, names: list[str], max_restarts: int, log: logging.Logger) -> bool:
+    """Restart dead actors; one that has used up its restarts stays dead and is reported (the caller
+    fails the run). True when any actor was restarted."""
+    restarted = False
+    for name in names:
+        child = sup.children[name]
+        if child.alive():
+            continue
+        if child.restarts >= max_restarts:
+            say(f"mamql local: {name} exited with {child.popen.returncode} after {child.restarts} restarts "
+                f"(--max-actor-restarts {max_restarts}); stopping the run. Its log ends:\n{sup.tail(child)}",
+                sys.stderr)
+            continue
+        log.warning("%s exited with %s; restarting", name, child.popen.returncode)
+        sup.restart(name)
+        restarted = True
+    return restarted

@@ -1,9 +1,10 @@
 """A small process supervisor for `mamql local`: start real subprocesses, watch, stop them in order.
 
-Deliberately plain: each child is a `mamql <command>` process with its own log file, ports are
-chosen up front and passed on the command line, and shutdown sends SIGTERM (then SIGKILL after a
-grace period) in the reverse order of the data flow. On a cluster, Kubernetes or Slurm does this
-job instead (deploy/); nothing here schedules work across machines.
+Deliberately plain: each child is a `mamql <command>` process with its own log file; servers bind
+port 0 and report what they bound in a port file (mamql/portfile.py), readiness is that file plus a
+grpc.health.v1 SERVING answer, and shutdown sends SIGTERM (then SIGKILL after a grace period) in the
+reverse order of the data flow. On a cluster, Kubernetes or Slurm does this job instead (deploy/);
+nothing here schedules work across machines.
 """
 
 from __future__ import annotations
@@ -11,31 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from mamql.portfile import read_port_file
+
 log = logging.getLogger("mamql.local")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def scrape(url: str, timeout: float = 1.0) -> dict[tuple[str, tuple], float]:
@@ -62,7 +51,9 @@ class Child:
     name: str
     args: list[str]
     log_path: Path
-    metrics_port: int = 0
+    port_file: Path | None = None  # passed as --port-file; the child reports its bound ports there
+    metrics_port: int = 0  # 0 until reported
+    grpc_port: int = 0
     popen: subprocess.Popen | None = None
     restarts: int = 0
 
@@ -73,37 +64,79 @@ class Child:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def read_ports(self) -> bool:
+        """Take the ports from the child's port file once it exists; True when they are known."""
+        if self.port_file is None:
+            return True
+        ports = read_port_file(self.port_file)
+        if ports is None:
+            return False
+        self.grpc_port, self.metrics_port = ports["grpc"] or 0, ports["metrics"] or 0
+        return True
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    import ctypes
 
+def grpc_serving(security=None, timeout: float = 2.0) -> Callable[[str], bool]:
+    """A readiness check for `Supervisor.wait_ready`: the server at an address answers grpc.health.v1
+    SERVING (over TLS when `security` has a CA). A TCP connect is not enough: it succeeds against
+    whatever listens on the port, and before the service is registered."""
+    from protos.rpc import health_check
+
+    return lambda address: health_check(address, timeout=timeout, security=security)
+
+
+_libc = None
+
+
+def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl: nobody is left to signal us
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Supervisor:
-    """`die_with_parent=True` has the kernel SIGKILL the children if this process dies (Linux), for
-    long unattended jobs whose children must not outlive their consumer."""
+    """`die_with_parent=True` has the kernel SIGKILL the children when this process dies (Linux), even
+    by kill -9, so that no child outlives its supervisor under PID 1. The kernel sends it when the
+    *thread* that started the child exits: call `start`/`restart` from a thread that outlives the
+    children (the main thread, or the one that also stops them)."""
 
     def __init__(self, log_dir: Path, die_with_parent: bool = False):
+        global _libc
         self.log_dir = log_dir
         self.die_with_parent = die_with_parent
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, Child] = {}
+        if die_with_parent and _libc is None:
+            import ctypes
 
-    def start(self, name: str, args: list[str], metrics_port: int = 0) -> Child:
-        child = self.children.get(name) or Child(name, args, self.log_dir / f"{name}.log", metrics_port)
+            try:  # loaded here, not in the forked child (no dlopen between fork and exec)
+                _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            except OSError:
+                log.warning("no libc.so.6: children will not die with this process")
+
+    def start(self, name: str, args: list[str], port_file: bool = False) -> Child:
+        """Start `mamql ARGS`; with `port_file` the child gets `--port-file` and reports its ports
+        there (see `wait_ready`)."""
+        child = self.children.get(name) or Child(name, args, self.log_dir / f"{name}.log")
+        if port_file and child.port_file is None:
+            child.port_file = self.log_dir / f"{name}.ports.json"
         self.children[name] = child
+        extra = []
+        if child.port_file is not None:
+            child.port_file.unlink(missing_ok=True)  # a restarted child reports afresh
+            child.grpc_port = child.metrics_port = 0
+            extra = ["--port-file", str(child.port_file)]
+        parent = os.getpid()
         log_file = open(child.log_path, "ab")
         child.popen = subprocess.Popen(
-            [sys.executable, "-m", "mamql.cli", *child.args],
+            [sys.executable, "-m", "mamql.cli", *child.args, *extra],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches only us; we stop children in order
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
+            preexec_fn=(lambda: _die_with_parent(parent)) if self.die_with_parent else None,
         )
         log_file.close()
         log.info("started %s (pid %d): mamql %s", name, child.popen.pid, " ".join(args))
@@ -112,18 +145,24 @@ class Supervisor:
     def restart(self, name: str) -> Child:
         child = self.children[name]
         child.restarts += 1
-        return self.start(name, child.args, child.metrics_port)
+        return self.start(name, child.args)
 
-    def wait_ready(self, child: Child, port: int, timeout: float = 120.0) -> None:
-        """Wait until the child listens on `port`; raise with the log's tail if it died or hung."""
+    def wait_ready(self, child: Child, healthy: Callable[[str], bool] | None = None, timeout: float = 120.0) -> None:
+        """Wait until the child has written its port file and, given `healthy` (e.g. `grpc_serving()`),
+        until healthy("127.0.0.1:<its grpc port>"); raise with the log's tail if it died or hung."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not child.alive():
                 raise RuntimeError(f"{child.name} exited with {child.popen.returncode}:\n{self.tail(child)}")
-            if port_open("127.0.0.1", port):
-                return
+            if child.read_ports():
+                if healthy is None:
+                    return
+                if not child.grpc_port:
+                    raise RuntimeError(f"{child.name} reported no gRPC port in {child.port_file}")
+                if healthy(f"127.0.0.1:{child.grpc_port}"):
+                    return
             time.sleep(0.1)
-        raise RuntimeError(f"{child.name} did not listen on port {port} within {timeout}s:\n{self.tail(child)}")
+        raise RuntimeError(f"{child.name} was not ready within {timeout:.0f}s:\n{self.tail(child)}")
 
     def tail(self, child: Child, lines: int = 20) -> str:
         try:
@@ -134,12 +173,17 @@ class Supervisor:
     def dead(self) -> list[Child]:
         return [c for c in self.children.values() if c.popen is not None and c.popen.poll() is not None]
 
+    def signal(self, names: list[str], sig: int) -> None:
+        """Send `sig` to the named children that are alive (no wait)."""
+        for name in names:
+            child = self.children.get(name)
+            if child is not None and child.alive():
+                child.popen.send_signal(sig)
+
     def stop(self, names: list[str], grace: float = 20.0) -> dict[str, int]:
         """SIGTERM the named children together, wait up to `grace` s, SIGKILL stragglers."""
         targets = [self.children[n] for n in names if n in self.children and self.children[n].popen]
-        for child in targets:
-            if child.alive():
-                child.popen.send_signal(signal.SIGTERM)
+        self.signal([c.name for c in targets], signal.SIGTERM)
         deadline = time.monotonic() + grace
         codes = {}
         for child in targets:
@@ -149,4 +193,5 @@ class Supervisor:
                 log.warning("%s ignored SIGTERM for %.0fs: killing it", child.name, grace)
                 os.killpg(child.popen.pid, signal.SIGKILL)
                 codes[child.name] = child.popen.wait()
+            log.info("stopped %s (exit %d)", child.name, codes[child.name])
         return codes

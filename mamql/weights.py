@@ -3,11 +3,16 @@
 The learner publishes `{"<agent>/<param>": array}`; actors must never apply a torn or partial
 version, so the assembler only returns a version once every element of every parameter arrived,
 and rejects slices that overlap, overrun their parameter or mix versions.
+
+A version is named by (epoch, version): the epoch identifies one learner incarnation (random at a
+fresh start, restored by --resume), so a fresh learner whose versions restart at 1 is not mistaken
+for an old one. Each version also carries the temperature alpha its policy is defined at.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
@@ -25,10 +30,22 @@ class WeightSet:
     dtypes: dict[str, str]
     metadata: dict[str, str] = field(default_factory=dict)
     published_unix_s: float = 0.0
+    epoch: int = 0  # learner incarnation; 0 = none given
+    alpha: float = 0.0  # Boltzmann temperature of the learner's policy; 0 = none given
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.tensors.values())
+
+    def supersedes(self, epoch: int, version: int) -> bool:
+        """Whether an actor holding (epoch, version) should switch to this set: any other epoch at
+        once (a fresh learner restarts its versions), within one epoch only newer versions."""
+        return self.epoch != epoch or self.version > version
+
+
+def new_epoch() -> int:
+    """A random non-zero 63-bit learner epoch (fits the int64 `policy_epoch` transition column)."""
+    return secrets.randbits(63) or 1
 
 
 def split_weights(
@@ -38,13 +55,17 @@ def split_weights(
     dtypes: Mapping[str, str] | None = None,
     metadata: Mapping[str, str] | None = None,
     published_unix_s: float | None = None,
+    epoch: int = 0,
+    alpha: float = 0.0,
 ) -> list[weights_pb2.WeightChunk]:
     """Chunks of at most ~max_chunk_bytes payload each; the last one has `last=True`."""
     if version < 1:
         raise ValueError("weight versions start at 1")
+    _check_alpha(alpha)
     published = time.time() if published_unix_s is None else published_unix_s
     chunks: list[weights_pb2.WeightChunk] = []
-    current = weights_pb2.WeightChunk(version=version, published_unix_s=published, metadata=dict(metadata or {}))
+    current = weights_pb2.WeightChunk(version=version, epoch=epoch, alpha=alpha, published_unix_s=published,
+                                      metadata=dict(metadata or {}))
     room = max_chunk_bytes
     for name, array in tensors.items():
         flat = np.ascontiguousarray(array).reshape(-1)
@@ -62,7 +83,7 @@ def split_weights(
             room -= take * per_item
             if room <= 0:
                 chunks.append(current)
-                current = weights_pb2.WeightChunk(version=version, published_unix_s=published)
+                current = weights_pb2.WeightChunk(version=version, epoch=epoch, published_unix_s=published)
                 room = max_chunk_bytes
             if flat.size == 0:
                 break
@@ -81,6 +102,8 @@ class WeightAssembler:
 
     def _reset(self) -> None:
         self._version: int | None = None
+        self._epoch = 0
+        self._alpha = 0.0
         self._buffers: dict[str, np.ndarray] = {}
         self._dtypes: dict[str, str] = {}
         self._filled: dict[str, int] = {}
@@ -90,11 +113,16 @@ class WeightAssembler:
 
     def add(self, chunk: weights_pb2.WeightChunk) -> WeightSet | None:
         if self._version is None:
+            if chunk.epoch >= 1 << 63:
+                raise CodecError(f"epoch {chunk.epoch} does not fit the int64 policy_epoch column")
+            _check_alpha(chunk.alpha)
             self._version, self._metadata, self._published = chunk.version, dict(chunk.metadata), chunk.published_unix_s
-        elif chunk.version != self._version:
-            expected = self._version
+            self._epoch, self._alpha = chunk.epoch, chunk.alpha
+        elif chunk.version != self._version or chunk.epoch != self._epoch:
+            mixed = (f"version {chunk.version} arrived inside version {self._version}" if chunk.version != self._version
+                     else f"epoch {chunk.epoch} arrived inside epoch {self._epoch}")
             self._reset()
-            raise CodecError(f"chunk of version {chunk.version} arrived inside version {expected}")
+            raise CodecError(f"chunk of {mixed}")
         try:
             for piece in chunk.slices:
                 self._add_slice(piece)
@@ -104,7 +132,8 @@ class WeightAssembler:
         if not chunk.last:
             return None
         missing = [n for n, buf in self._buffers.items() if self._filled[n] != buf.size]
-        result = WeightSet(self._version, self._buffers, self._dtypes, self._metadata, self._published)
+        result = WeightSet(self._version, self._buffers, self._dtypes, self._metadata, self._published,
+                           self._epoch, self._alpha)
         self._reset()
         if missing:
             raise CodecError(f"version {result.version} ended with incomplete parameters: {missing}")
@@ -139,6 +168,11 @@ class WeightAssembler:
         self._filled[piece.name] = end
         if end == buf.size:
             self._buffers[piece.name] = buf.reshape(shape)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not (math.isfinite(alpha) and alpha >= 0):  # 0 = not given; NaN fails every comparison
+        raise CodecError(f"alpha must be a finite temperature > 0 (or 0 = not given), got {alpha}")
 
 
 def iter_assembled(chunks, assembler: WeightAssembler | None = None) -> Iterator[WeightSet]:

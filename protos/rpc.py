@@ -29,13 +29,39 @@ def message_options(max_message_mb: int) -> list[tuple[str, int]]:
     ]
 
 
-def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
-    """Message limits plus keepalive, so a dead peer is noticed within ~30 s even on idle streams."""
-    return message_options(max_message_mb) + [
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+KEEPALIVE_TIME_MS = 10_000  # both sides ping an idle connection this often
+KEEPALIVE_TIMEOUT_MS = 10_000  # and drop it when the ack takes longer: a dead peer is noticed in ~20 s
+
+
+def _keepalive_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # gRPC core (1.85 here) waits this long for a ping ack (default 1 min), whatever keepalive_timeout_ms
+        # says: without it a frozen peer went unnoticed for ~70 s (tests/reliability/test_idle_streams.py)
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
+    """Message limits plus keepalive, so a dead server is noticed within ~20 s even on idle streams."""
+    return message_options(max_message_mb) + _keepalive_options()
+
+
+def server_options(max_message_mb: int) -> list[tuple[str, int]]:
+    """Message limits plus a ping policy that accepts the clients' keepalive, for every grpc.server.
+
+    gRPC servers by default allow one ping per 5 minutes without data and answer the third early
+    one with GOAWAY ENHANCE_YOUR_CALM "too_many_pings": every idle stream (an actor's Insert while
+    replay waits, a subscription between versions) was dropped after ~40 s and reconnected. Pings
+    at half the clients' interval are welcome; faster ones still earn strikes. The server pings its
+    clients too, so a stream held by a vanished client frees its worker thread within ~20 s."""
+    return message_options(max_message_mb) + _keepalive_options() + [
+        # (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS; gRPC ignores misspelt names silently)
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+        ("grpc.http2.max_ping_strikes", 2),
     ]
 
 
@@ -194,7 +220,7 @@ def make_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=interceptors,
-        options=message_options(max_message_mb),
+        options=server_options(max_message_mb),
         maximum_concurrent_rpcs=max_workers * 4,
     )
     health_servicer = health.HealthServicer()
@@ -246,9 +272,10 @@ def make_channel(
     return grpc.insecure_channel(address, options=options)
 
 
-def health_check(address: str, service: str = "", timeout: float = 2.0) -> bool:
-    """True when the server at `address` answers SERVING for `service`."""
-    with grpc.insecure_channel(address) as channel:
+def health_check(address: str, service: str = "", timeout: float = 2.0, security: Security | None = None) -> bool:
+    """True when the server at `address` answers SERVING for `service` (TLS when `security` has a CA)."""
+    security = security or Security()
+    with make_channel(address, security, 4, security.tls_cert, security.tls_key) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

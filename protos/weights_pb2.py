@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import tensor_pb2 as protos_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/weights.proto\x12\x08mamql.v1\x1a\x13protos/tensor.proto\"\xd5\x01\n\x0bWeightChunk\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12%\n\x06slices\x18\x02 \x03(\x0b\x32\x15.mamql.v1.TensorSlice\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x18\n\x10published_unix_s\x18\x04 \x01(\x01\x12\x35\n\x08metadata\x18\x05 \x03(\x0b\x32#.mamql.v1.WeightChunk.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x0bTensorSlice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x1e\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x10.mamql.v1.Tensor\"1\n\x0fPublishResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"=\n\x10SubscribeRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x04\x12\x12\n\nsubscriber\x18\x02 \x01(\t\"\x12\n\x10GetLatestRequest2\xd2\x01\n\rWeightService\x12=\n\x07Publish\x12\x15.mamql.v1.WeightChunk\x1a\x19.mamql.v1.PublishResponse(\x01\x12@\n\tSubscribe\x12\x1a.mamql.v1.SubscribeRequest\x1a\x15.mamql.v1.WeightChunk0\x01\x12@\n\tGetLatest\x12\x1a.mamql.v1.GetLatestRequest\x1a\x15.mamql.v1.WeightChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/weights.proto\x12\x08mamql.v1\x1a\x13protos/tensor.proto\"\xf3\x01\n\x0bWeightChunk\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12%\n\x06slices\x18\x02 \x03(\x0b\x32\x15.mamql.v1.TensorSlice\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x18\n\x10published_unix_s\x18\x04 \x01(\x01\x12\x35\n\x08metadata\x18\x05 \x03(\x0b\x32#.mamql.v1.WeightChunk.MetadataEntry\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\r\n\x05\x61lpha\x18\x07 \x01(\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x0bTensorSlice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x1e\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x10.mamql.v1.Tensor\"1\n\x0fPublishResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"L\n\x10SubscribeRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x04\x12\x12\n\nsubscriber\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"\x12\n\x10GetLatestRequest2\xd2\x01\n\rWeightService\x12=\n\x07Publish\x12\x15.mamql.v1.WeightChunk\x1a\x19.mamql.v1.PublishResponse(\x01\x12@\n\tSubscribe\x12\x1a.mamql.v1.SubscribeRequest\x1a\x15.mamql.v1.WeightChunk0\x01\x12@\n\tGetLatest\x12\x1a.mamql.v1.GetLatestRequest\x1a\x15.mamql.v1.WeightChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEIGHTCHUNK_METADATAENTRY']._loaded_options = None
   _globals['_WEIGHTCHUNK_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_WEIGHTCHUNK']._serialized_start=56
-  _globals['_WEIGHTCHUNK']._serialized_end=269
-  _globals['_WEIGHTCHUNK_METADATAENTRY']._serialized_start=222
-  _globals['_WEIGHTCHUNK_METADATAENTRY']._serialized_end=269
-  _globals['_TENSORSLICE']._serialized_start=271
-  _globals['_TENSORSLICE']._serialized_end=361
-  _globals['_PUBLISHRESPONSE']._serialized_start=363
-  _globals['_PUBLISHRESPONSE']._serialized_end=412
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=414
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=475
-  _globals['_GETLATESTREQUEST']._serialized_start=477
-  _globals['_GETLATESTREQUEST']._serialized_end=495
-  _globals['_WEIGHTSERVICE']._serialized_start=498
-  _globals['_WEIGHTSERVICE']._serialized_end=708
+  _globals['_WEIGHTCHUNK']._serialized_end=299
+  _globals['_WEIGHTCHUNK_METADATAENTRY']._serialized_start=252
+  _globals['_WEIGHTCHUNK_METADATAENTRY']._serialized_end=299
+  _globals['_TENSORSLICE']._serialized_start=301
+  _globals['_TENSORSLICE']._serialized_end=391
+  _globals['_PUBLISHRESPONSE']._serialized_start=393
+  _globals['_PUBLISHRESPONSE']._serialized_end=442
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=444
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=520
+  _globals['_GETLATESTREQUEST']._serialized_start=522
+  _globals['_GETLATESTREQUEST']._serialized_end=540
+  _globals['_WEIGHTSERVICE']._serialized_start=543
+  _globals['_WEIGHTSERVICE']._serialized_end=753
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WeightChunk(_message.Message):
-    __slots__ = ("version", "slices", "last", "published_unix_s", "metadata")
+    __slots__ = ("version", "slices", "last", "published_unix_s", "metadata", "epoch", "alpha")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,12 +21,16 @@ class WeightChunk(_message.Message):
     LAST_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
     version: int
     slices: _containers.RepeatedCompositeFieldContainer[TensorSlice]
     last: bool
     published_unix_s: float
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, version: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[TensorSlice, _Mapping]]] = ..., last: _Optional[bool] = ..., published_unix_s: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    epoch: int
+    alpha: float
+    def __init__(self, version: _Optional[int] = ..., slices: _Optional[_Iterable[_Union[TensorSlice, _Mapping]]] = ..., last: _Optional[bool] = ..., published_unix_s: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., epoch: _Optional[int] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class TensorSlice(_message.Message):
     __slots__ = ("name", "shape", "offset", "data")
@@ -49,12 +53,14 @@ class PublishResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("after_version", "subscriber")
+    __slots__ = ("after_version", "subscriber", "epoch")
     AFTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBER_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     after_version: int
     subscriber: str
-    def __init__(self, after_version: _Optional[int] = ..., subscriber: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, after_version: _Optional[int] = ..., subscriber: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class GetLatestRequest(_message.Message):
     __slots__ = ()

@@ -63,7 +63,7 @@ class WeightServiceServicer:
 
     def Subscribe(self, request, context):
         """Receive every newer version as it is published (newest only when several queue up; versions
-        delivered to one subscriber strictly increase).
+        delivered to one subscriber strictly increase within an epoch; a new epoch is sent at once).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

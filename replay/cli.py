@@ -11,18 +11,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="serve replay tables over gRPC")
     add_config_args(p)
     p.add_argument("--restore", default=None, metavar="DIR", help="load a replay checkpoint before serving")
-    p.add_argument("--port-file", default=None, metavar="FILE", help="write the bound gRPC port here")
+    p.add_argument("--port-file", default=None, metavar="FILE",
+                   help='write {"grpc": N, "metrics": M} here once bound (use with port 0)')
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get on shutdown")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     import signal
     import threading
 
     from mamql.cli import config_from_args
     from mamql.log import setup_logging
+    from mamql.portfile import write_port_file
     from replay.server import ReplayServer
 
     import sys
@@ -35,16 +36,16 @@ def run(args: argparse.Namespace) -> int:
         server = ReplayServer(config, restore=args.restore)
         port = server.start()
     except (CheckpointError, ValueError, OSError) as exc:
-        print(f"mamql replay: {exc}", file=sys.stderr)
+        print(f"mamql replay: error: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
+    # SIGUSR1 (sent by `mamql local` before it stops the actors): admit inserts past the rate limiter,
+    # so the actors' queued batches drain into the replay instead of being dropped.
+    signal.signal(signal.SIGUSR1, lambda *_: server.replay.drain())
     if args.port_file:
-        tmp = f"{args.port_file}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{port}\n")
-        os.replace(tmp, args.port_file)  # readers never see a half-written file
+        write_port_file(args.port_file, port, server.metrics_server.port if server.metrics_server else None)
     metrics = f", metrics on port {server.metrics_server.port}" if server.metrics_server else ""
     print(f"replay listening on {config.replay.host}:{port}{metrics}", flush=True)
     while not stop.wait(1.0):

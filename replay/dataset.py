@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -87,6 +88,18 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+# What np.load(allow_pickle=False) raises on a file that is not a clean .npz.
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def npz_problem(exc: BaseException) -> str:
+    """Why an .npz did not load, in words: numpy's own message for a non-zip file or an object
+    array suggests loading it with allow_pickle, which must never be done with data from disk."""
+    if "pickle" in str(exc):
+        return "not an .npz archive of plain numeric arrays (pickled data is never loaded)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     try:
@@ -95,8 +108,11 @@ def read_manifest(path: str | Path) -> dict:
         raise DatasetError(f"{path}: no {MANIFEST} (not a mamql dataset)") from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path / MANIFEST}: not valid JSON: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise DatasetError(f"{path / MANIFEST}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path / MANIFEST}: unreadable: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DatasetError(f"{path / MANIFEST}: format is {found!r}, expected {FORMAT!r}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DatasetError(f"{path / MANIFEST}: format_version {manifest.get('format_version')} is not supported "
                            f"(this reader knows {FORMAT_VERSION})")
@@ -290,8 +306,13 @@ def iter_shards(path: str | Path, check: bool = False) -> Iterator[tuple[dict, d
             raise DatasetError(f"{shard['file']}: listed in the manifest but missing")
         if check and sha256_file(file) != shard["sha256"]:
             raise DatasetError(f"{shard['file']}: sha256 mismatch (corrupted or modified)")
-        with np.load(file, allow_pickle=False) as data:
-            yield shard, {k: data[k] for k in data.files}
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                batch = {k: data[k] for k in data.files}
+        except NPZ_ERRORS as exc:
+            raise DatasetError(f"{shard['file']}: unreadable shard: {npz_problem(exc)}; "
+                               "`mamql dataset verify` checks every shard") from None
+        yield shard, batch
 
 
 def _episode_bounds(batch: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -431,7 +452,7 @@ def verify_dataset(path: str | Path) -> VerifyReport:
             with np.load(file, allow_pickle=False) as data:
                 batch = {k: data[k] for k in data.files}
         except Exception as exc:  # noqa: BLE001 - any unreadable shard is a verification failure
-            report.errors.append(f"{name}: unreadable: {exc}")
+            report.errors.append(f"{name}: unreadable: {npz_problem(exc)}")
             continue
         got = {k: (v.dtype.name, v.shape[1:]) for k, v in batch.items()}
         if got != schema:

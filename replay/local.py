@@ -61,6 +61,11 @@ class LocalReplay:
             self.reject(exc.code.lower())
             raise
 
+    def drain(self) -> None:
+        """Shutdown: inserts stop waiting for the rate limiters (Table.drain)."""
+        for t in self.tables.values():
+            t.drain()
+
     def close(self) -> None:
         for t in self.tables.values():
             t.close()

@@ -211,7 +211,18 @@ class ReplayServer:
         return f"{self.config.replay.host}:{self.port}"
 
     def start(self) -> int:
-        self.port = bind(self.server, self.security, self.config.replay.host, self.config.replay.port)
+        """Bind and serve; a busy or unusable port is a PortInUse (one line from the CLI), checked
+        for the gRPC and the metrics port before either is bound."""
+        from mamql.ports import PortInUse, check_port_free
+
+        replay, metrics = self.config.replay, self.config.metrics
+        check_port_free(replay.host, replay.port, "replay.port")
+        if metrics.enabled:
+            check_port_free(metrics.host, metrics.port, "metrics.port")
+        try:
+            self.port = bind(self.server, self.security, replay.host, replay.port)
+        except RuntimeError as exc:  # grpc's "Failed to bind ...": e.g. lost a race for the port
+            raise PortInUse(f"replay.port: cannot listen on {replay.host}:{replay.port}: {str(exc).split(';')[0]}") from None
         self.server.start()
         set_serving(self.health, [SERVICE_NAME], True)
         if self.config.metrics.enabled:

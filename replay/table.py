@@ -56,6 +56,7 @@ class Table:
         self.metrics = metrics
         self._cond = threading.Condition()
         self._closed = False
+        self._draining = False  # drain(): inserts no longer wait for the rate limiter
         schema = getattr(config, "schema", None)
         self.storage: RingStorage | None = RingStorage(self.capacity, normalize_schema(schema)) if schema else None
         if metrics is not None:
@@ -117,7 +118,7 @@ class Table:
         start = time.monotonic()
         arrays, n = self.validate(batch)
         with self._cond:
-            self._wait(lambda: not limited or self.limiter.can_insert(), timeout, "insert", start)
+            self._wait(lambda: not limited or self._draining or self.limiter.can_insert(), timeout, "insert", start)
             if self.storage is None:
                 self.storage = RingStorage(self.capacity, schema_of(arrays))
             else:
@@ -184,6 +185,13 @@ class Table:
         finally:
             if self.metrics is not None:
                 self.metrics.blocked_seconds.labels(self.name, op).inc(time.monotonic() - began)
+
+    def drain(self) -> None:
+        """Admit every insert from now on, rate limiter or not: at shutdown the actors' queued
+        batches (bounded by their send queues) go in instead of being dropped. Counts stay exact."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Wake every waiter with Unavailable (server shutdown)."""

@@ -48,7 +48,8 @@ def test_local_runs_end_to_end_survives_actor_kill_and_stops_cleanly(tmp_path):
         wait_until(table_path.exists, 180, "the processes to start", proc)
         procs = json.loads(table_path.read_text())
         assert set(procs) >= {"collect", "replay", "learner", "actor-0", "actor-1"}
-        url = lambda name: f"http://127.0.0.1:{procs[name]['metrics_port']}/metrics"
+        # ports come from processes.json as it is now: a restarted actor binds a new metrics port
+        url = lambda name: f"http://127.0.0.1:{json.loads(table_path.read_text())[name]['metrics_port']}/metrics"
 
         def healthy():
             actors = [scrape(url(f"actor-{i}")) for i in range(2)]
@@ -76,8 +77,8 @@ def test_local_runs_end_to_end_survives_actor_kill_and_stops_cleanly(tmp_path):
         updates_before = total(learner, "mamql_learner_updates_total")
         os.kill(procs["actor-0"]["pid"], signal.SIGKILL)
         restarted = wait_until(
-            lambda: (t := json.loads(table_path.read_text()))["actor-0"]["restarts"] == 1 and t, 60,
-            "actor-0 to be restarted", proc)
+            lambda: (t := json.loads(table_path.read_text()))["actor-0"]["restarts"] == 1
+            and t["actor-0"]["metrics_port"] and t, 120, "actor-0 to be restarted and report its ports", proc)
         assert restarted["actor-0"]["pid"] != procs["actor-0"]["pid"]
         wait_until(
             lambda: total(scrape(url("actor-0")), "mamql_replay_writer_acked_transitions_total") > 0

@@ -1,4 +1,5 @@
-"""`mamql collect` end to end: real replay and actor processes, real gRPC on 127.0.0.1."""
+"""`mamql collect` end to end: real replay and actor processes, real gRPC on 127.0.0.1 (and the
+assembler's episode order, in process)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from actors.actor import Actor
-from actors.collect import actor_seed, rerun_expert
+from actors.collect import EpisodeAssembler, actor_seed, rerun_expert
 from mamql.config import load_config
 from replay.dataset import load_dataset, read_manifest, verify_dataset
 
@@ -48,6 +49,37 @@ def test_actor_seed_rule_matches_actor():
     assert Actor(config, 3, writer=None).env.seed == actor_seed(5, 3)
 
 
+def expert_rerun(actor_id: int, want: set[int]) -> dict[int, dict[str, np.ndarray]]:
+    """Episodes `want` of actor `actor_id`, re-run from its seed (4 env copies). Episode ids are handed
+    out in order, so once every copy is past max(want) all of them have finished: this always ends."""
+    ref: dict[int, list] = {}
+    for step in rerun_expert("gems", 0, actor_id, 4):
+        for i, e in enumerate(step["episode_id"].tolist()):
+            if e in want:
+                ref.setdefault(e, []).append({k: v[i] for k, v in step.items()})
+        if step["episode_id"].min() > max(want):
+            return {e: {k: np.stack([r[k] for r in rows]) for k in rows[0]} for e, rows in ref.items()}
+
+
+def test_assembler_yields_episodes_in_arrival_order():
+    """Episodes come out in the order their last row arrived, not sorted by actor id: a collection
+    that reaches its target mid-sample must not keep only actor 0's episodes."""
+    def first_episode(actor_id):
+        rows = []
+        for step in rerun_expert("gems", 0, actor_id, 1):
+            rows.append(step)
+            if step["done"][0] or step["truncated"][0]:
+                return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+    a0, a1 = first_episode(0), first_episode(1)
+    # actor 0's episode is all there but its last row, then actor 1's whole episode, then that row
+    batch = {k: np.concatenate([a0[k][:-1], a1[k], a0[k][-1:]]) for k in a0}
+    got = EpisodeAssembler(env_seed=0).add(batch)
+    assert [int(e["actor_id"][0]) for e in got] == [1, 0]
+    for e, want in zip(got, (a1, a0)):
+        np.testing.assert_array_equal(e["step"], want["step"])
+
+
 def test_collect_2k_matches_expert_rerun_and_cli_tools(tmp_path):
     out = tmp_path / "ds"
     res = mamql(*collect_args(tmp_path, out, "--transitions", "2000", "--shard-transitions", "500"))
@@ -57,27 +89,30 @@ def test_collect_2k_matches_expert_rerun_and_cli_tools(tmp_path):
     assert manifest["complete"] and 2000 <= n < 2000 + MAX_LEN
     assert manifest["counts"]["shards"] == len(manifest["shards"]) >= 4
     assert "agent_0: return" in res.stdout and manifest["returns"]["agent_0"]["mean"] > 10  # the expert scores
-    assert manifest["collection"]["runs"][0]["actor_ids"] == [0, 1]
+    assert manifest["collection"]["runs"][0]["actor_ids"] == [0, 1]  # reserved before they start
 
+    # What the design guarantees (which actor got its episodes in first is up to the scheduler):
+    # whole episodes with unique ids from the reserved actors, counts that add up, ...
+    report = verify_dataset(out)
+    assert report.ok, report.errors
     batch = load_dataset(out)
-    assert len(batch["step"]) == n and set(batch["actor_id"].tolist()) == {0, 1}
+    starts = batch["step"] == 0
+    keys = set(zip(batch["actor_id"][starts].tolist(), batch["episode_id"][starts].tolist()))
+    assert len(batch["step"]) == n and len(keys) == starts.sum() == manifest["counts"]["episodes"]
+    actors = set(batch["actor_id"].tolist())
+    assert actors and actors <= {0, 1}
     assert np.all(batch["policy_version"] == -1)
-    # Round trip: every episode equals what the scripted expert produces when re-run from its seeds.
-    for aid in (0, 1):
+    # ... and every episode equals what the scripted expert produces when re-run from its actor's seed.
+    for aid in sorted(actors):
         rows = batch["actor_id"] == aid
-        want = set(batch["episode_id"][rows].tolist())
         assert np.all(batch["env_seed"][rows] == actor_seed(0, aid))
-        ref: dict[int, list] = {}
-        for step in rerun_expert("gems", 0, aid, 4):
-            for i, e in enumerate(step["episode_id"].tolist()):
-                if e in want:
-                    ref.setdefault(e, []).append({k: v[i] for k, v in step.items()})
-            if len(ref) == len(want) and all(r[-1]["done"] or r[-1]["truncated"] for r in ref.values()):
-                break
+        want = set(batch["episode_id"][rows].tolist())
+        ref = expert_rerun(aid, want)
+        assert set(ref) == want
         for e in want:
             got = {k: v[batch["episode_id"] == e] for k, v in batch.items()}
-            for k in ref[e][0]:
-                np.testing.assert_array_equal(got[k], np.stack([r[k] for r in ref[e]]), err_msg=f"{e} {k}")
+            for k in ref[e]:
+                np.testing.assert_array_equal(got[k], ref[e][k], err_msg=f"{e} {k}")
 
     info = mamql("dataset", "info", str(out))
     assert info.returncode == 0 and f"{n} transitions" in info.stdout and "agent_1" in info.stdout
@@ -138,9 +173,7 @@ def test_killed_collector_resumes_without_duplicates(tmp_path):
 def test_collect_from_remote_replay_exact_episodes(tmp_path):
     """--replay: a replay service and an actor started elsewhere; the collector only reads. The
     collector starts FIRST: it must wait for the replay to come up rather than fail."""
-    from mamql.supervisor import free_port
-
-    port = free_port()
+    port = _unused_port()  # the collector needs the address before the replay exists
     cfg = tmp_path / "replay.yaml"
     cfg.write_text("replay:\n  tables:\n  - {name: collect, capacity: 20000, sampler: fifo}\n"
                    f"  port: {port}\n  checkpoint_on_exit: false\nmetrics:\n  enabled: false\n")
@@ -169,3 +202,12 @@ def test_collect_from_remote_replay_exact_episodes(tmp_path):
             if p is not None and p.poll() is None:
                 p.terminate()
                 p.wait(timeout=20)
+
+
+def _unused_port() -> int:
+    """A port picked up front, for this test's one server that must start after its client."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -126,3 +126,61 @@ def test_wrong_token_is_unauthenticated_and_health_stays_open():
             assert ok[-1].last
     finally:
         server.stop(0)
+
+
+def test_subscriber_switches_to_a_new_learner_epoch_at_once():
+    """A learner restarted without its checkpoint begins again at version 1 under a new epoch: the
+    subscriber (which held version 5 of the old epoch) reconnects and takes it at once."""
+    store = WeightStore()
+    server, port = start_server(store)
+    sub = WeightSubscriber(f"127.0.0.1:{port}", "actor-2", backoff_initial_s=0.05).start()
+    try:
+        for v in range(1, 6):
+            store.publish(weights(float(v)), version=v, epoch=111, alpha=0.5)
+        assert wait_for(lambda: (sub._received_epoch, sub._received_version) == (111, 5))
+        first = sub.take()
+        assert (first.epoch, first.version, first.alpha) == (111, 5, 0.5)
+        server.stop(0)
+        store = WeightStore()  # the new learner's
+        store.publish(weights(-1.0), version=1, epoch=222, alpha=0.25)
+        server, _ = start_server(store, port=port)
+        assert wait_for(lambda: sub._received_epoch == 222, timeout=15)
+        got = sub.take()
+        assert (got.epoch, got.version, got.alpha) == (222, 1, 0.25)
+        assert all(np.all(t == -1.0) for t in got.tensors.values())
+        assert got.supersedes(111, 5) and not got.supersedes(222, 1)
+        store.publish(weights(2.0), epoch=222)  # and newer versions of the new epoch follow
+        assert wait_for(lambda: sub._received_version == 2)
+    finally:
+        sub.close()
+        server.stop(0)
+
+
+def test_publish_refuses_a_bad_temperature_or_mixed_epochs():
+    store = WeightStore()
+    server, port = start_server(store)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = weights_pb2_grpc.WeightServiceStub(channel)
+            for alpha in (float("nan"), -1.0, float("inf")):
+                chunks = split_weights(weights(1.0), 1, 1000)
+                chunks[0].alpha = alpha
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Publish(iter(chunks), timeout=5)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, alpha
+            chunks = split_weights(weights(1.0), 1, 1000, epoch=1 << 63)  # actors tag rows with it as int64
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Publish(iter(chunks), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            chunks = split_weights(weights(1.0), 1, 1000, epoch=7)
+            chunks[-1].epoch = 8
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Publish(iter(chunks), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert store.version == 0
+            # another epoch replaces the latest whatever its version number
+            assert stub.Publish(iter(split_weights(weights(1.0), 9, 1000, epoch=7)), timeout=5).version == 9
+            assert stub.Publish(iter(split_weights(weights(1.0), 1, 1000, epoch=8)), timeout=5).version == 1
+            assert (store.epoch, store.version) == (8, 1)
+    finally:
+        server.stop(0)

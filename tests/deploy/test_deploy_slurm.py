@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from system_tools import ensure_debian_packages, missing
+
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,10 +53,10 @@ def stop_pid(proc: subprocess.Popen, timeout=20) -> None:
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory, debian_packages):
-    debian_packages(["slurm-wlm", "munge"], ["slurmctld", "slurmd", "sbatch", "munged"])
+def slurm(tmp_path_factory):
+    ensure_debian_packages(["slurm-wlm", "munge"], ["slurmctld", "slurmd", "sbatch", "munged"])
     if not Path("/etc/munge/munge.key").exists():
-        pytest.skip("no /etc/munge/munge.key (munge package did not create one)")
+        missing("no /etc/munge/munge.key (the munge package creates it; reinstall munge or run mungekey)")
     if os.geteuid() != 0:
         pytest.skip("the one-machine Slurm cluster runs its daemons as root")
     tmp = tmp_path_factory.mktemp("slurm")

@@ -87,8 +87,32 @@ def wait_until(predicate, timeout: float, what: str, procs=(), interval: float =
 
 
 def read_port(path: Path, timeout: float = 60.0, proc=None) -> int:
-    return int(wait_until(lambda: path.exists() and path.read_text().strip(), timeout, f"port file {path}",
-                          [proc] if proc else ()))
+    """The gRPC port a server wrote to its --port-file."""
+    from mamql.portfile import read_port_file
+
+    return wait_until(lambda: (read_port_file(path) or {}).get("grpc"), timeout, f"port file {path}",
+                      [proc] if proc else ())
+
+
+def spawn_reporting(procs: dict, name: str, args: list[str], log_path: Path, timeout: float = 120.0) -> dict:
+    """spawn() as procs[name] with --port-file; returns the ports it bound ({"grpc", "metrics"}) once
+    reported. Pass port 0 (or a port it held before a restart): nothing picks a port up front."""
+    from mamql.portfile import read_port_file
+
+    port_file = log_path.with_suffix(".ports.json")
+    port_file.unlink(missing_ok=True)
+    procs[name] = spawn([*args, "--port-file", str(port_file)], log_path)
+    return wait_until(lambda: read_port_file(port_file), timeout, f"{name}'s port file", [procs[name]])
+
+
+def free_port() -> int:
+    """A port picked up front, for a test's single server that must start after its client (another
+    process may take a port picked this way first: servers with clients bind 0, spawn_reporting)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def metric(port: int, name: str, host: str = "127.0.0.1", **labels) -> float:

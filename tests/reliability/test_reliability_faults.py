@@ -15,9 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reliability_helpers import FAST, kill_all, metric, read_port, spawn, stop, tail, wait_until  # noqa: E402
+from reliability_helpers import (FAST, free_port, kill_all, metric, read_port, spawn, spawn_reporting,  # noqa: E402
+                                 stop, tail, wait_until)
 
-from mamql.supervisor import free_port  # noqa: E402
 from protos.rpc import Security  # noqa: E402
 from replay import checkpoint  # noqa: E402
 from replay.client import ReplayClient  # noqa: E402
@@ -30,6 +30,7 @@ TOKEN = "fault-token-0123456789"
 TABLE = ["--set", "replay.tables=[{name: online, capacity: 60000, min_size_to_sample: 64, samples_per_insert: 1.0, "
                   "error_buffer: 3000.0}]", "--set", "replay.wait_timeout_s=2.0"]
 SEND = 32  # actor.send_batch_size in FAST (num_envs 2 divides it: every batch is exactly 32 rows)
+NO_POLICY = {"policy_epoch": np.zeros(SEND, np.int64)}  # the actors' table schema has this column
 
 
 def rows_by_actor(client: ReplayClient, path: Path) -> tuple[dict[int, int], dict[int, np.ndarray], int]:
@@ -48,13 +49,16 @@ class Cluster:
         self.tmp, self.demos = tmp, demos
         self.token_file = tmp / "token"
         self.token_file.write_text(TOKEN + "\n")
-        self.replay_port, self.weights_port = free_port(), free_port()
-        self.metrics = {name: free_port() for name in ("replay", "learner", "actor-0", "actor-1")}
+        # bound (port 0) at the first start and reported; a restarted server takes its old gRPC port
+        # back, so that clients reconnect to the same address
+        self.replay_port = self.weights_port = 0
+        self.metrics: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.common = [*FAST, *TABLE, "--set", f"auth.token_file={self.token_file}", "--set", f"run.root={tmp}"]
 
     def start(self, name: str, extra: list[str] = ()) -> subprocess.Popen:
-        m = ["--set", f"metrics.port={self.metrics[name]}"]
+        """Start one process and wait until it has reported its ports (servers: bound and serving)."""
+        m = ["--set", "metrics.port=0"]
         if name == "replay":
             args = ["replay", *self.common, *m, "--set", f"replay.port={self.replay_port}",
                     "--set", f"replay.checkpoint_dir={self.tmp / 'replay-exit'}", "--grace", "1"]
@@ -64,7 +68,12 @@ class Cluster:
         else:
             args = ["actor", *self.common, *m, "--replay", f"127.0.0.1:{self.replay_port}",
                     "--weights", f"127.0.0.1:{self.weights_port}", "--actor-id", name.split("-")[1]]
-        self.procs[name] = spawn([*args, *extra], self.tmp / f"{name}.log")
+        ports = spawn_reporting(self.procs, name, [*args, *extra], self.tmp / f"{name}.log")
+        self.metrics[name] = ports["metrics"]
+        if name == "replay":
+            self.replay_port = ports["grpc"]
+        elif name == "learner":
+            self.weights_port = ports["grpc"]
         return self.procs[name]
 
     def m(self, name: str, metric_name: str, **labels) -> float:
@@ -111,7 +120,7 @@ def test_kill9_and_sigterm_of_every_process(tmp_path, demos_path):
         with c.client() as client:
             writer = client.writer("online", max_queue_batches=8)
             for i in range(10):
-                writer.put({**gems_batch(SEND, start=SEND * i, actor=99)}, timeout=10)
+                writer.put({**gems_batch(SEND, start=SEND * i, actor=99), **NO_POLICY}, timeout=10)
             assert writer.flush(timeout=30)
             acked_before = writer.acked_transitions
             assert acked_before == 10 * SEND
@@ -119,7 +128,7 @@ def test_kill9_and_sigterm_of_every_process(tmp_path, demos_path):
             counts, steps, _ = rows_by_actor(client, ck)
             assert counts[99] == acked_before and sorted(steps[99]) == list(range(acked_before))
             for i in range(10, 14):
-                writer.put({**gems_batch(SEND, start=SEND * i, actor=99)}, timeout=10)
+                writer.put({**gems_batch(SEND, start=SEND * i, actor=99), **NO_POLICY}, timeout=10)
             updates_before = c.m("learner", "mamql_learner_updates_total")
             acked0_before = c.m("actor-0", "mamql_replay_writer_acked_transitions_total")
             stop(c.procs["replay"], signal.SIGKILL)

@@ -1,12 +1,13 @@
 """Multi-host in network namespaces: replay, learner and actors each in their own namespace (10.213.0.x
 on a bridge in a fourth, hub namespace), token auth on non-loopback addresses; cut the actors' link,
-restore it, and check the system recovers without loss or deadlock; then add latency with netem.
-Needs root and iproute2; skipped with the reason otherwise. Namespaces are deleted in `finally`."""
+restore it, and check the system recovers without loss or deadlock; or add latency with netem. Each
+test gets its own cluster (the link test stops the actor). Needs root, iproute2 (CI fails without it)
+and a kernel that allows network namespaces (and sch_netem); skipped with the reason otherwise.
+Namespaces are deleted in `finally`."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from reliability_helpers import FAST, child_env, kill_all, spawn, stop, tail, wait_until  # noqa: E402
+from system_tools import ensure_debian_packages  # noqa: E402
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -32,14 +34,23 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=20)
 
 
-def netns_unavailable() -> str | None:
+def require_netns(netem: bool = False) -> None:
+    """Skip where root or the kernel is missing; iproute2 itself is a test dependency (system_tools)."""
     if os.geteuid() != 0:
-        return "network namespaces need root"
-    if not shutil.which("ip"):
-        return "iproute2 (ip) is not installed"
-    probe = sh("ip", "netns", "add", "mqrel-probe", check=False)
+        pytest.skip("network namespaces need root")
+    ensure_debian_packages(["iproute2"], ["ip", "tc"])
     sh("ip", "netns", "del", "mqrel-probe", check=False)
-    return f"cannot create a network namespace: {probe.stderr.strip()}" if probe.returncode else None
+    probe = sh("ip", "netns", "add", "mqrel-probe", check=False)
+    try:
+        if probe.returncode:
+            pytest.skip(f"the kernel refuses a network namespace here (no CAP_SYS_ADMIN?): {probe.stderr.strip()}")
+        if netem:
+            qdisc = sh("ip", "netns", "exec", "mqrel-probe", "tc", "qdisc", "add", "dev", "lo", "root", "netem",
+                       "delay", "1ms", check=False)
+            if qdisc.returncode:
+                pytest.skip(f"the kernel has no sch_netem module (tc netem): {qdisc.stderr.strip()}")
+    finally:
+        sh("ip", "netns", "del", "mqrel-probe", check=False)
 
 
 def setup_namespaces() -> None:
@@ -73,11 +84,15 @@ def scrape_in(ns: str, port: int, name: str) -> float:
         return 0.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
+def netem():
+    require_netns(netem=True)
+
+
+@pytest.fixture
 def cluster(tmp_path_factory, demos_path):
-    reason = netns_unavailable()
-    if reason:
-        pytest.skip(reason)
+    """A fresh replay/learner/actor-0 cluster for each test, streaming and receiving weights."""
+    require_netns()
     tmp = tmp_path_factory.mktemp("netns")
     (tmp / "token").write_text(TOKEN)
     common = [*FAST, "--set", "replay.tables=[{name: online, capacity: 60000, min_size_to_sample: 64, "
@@ -142,16 +157,9 @@ def test_link_cut_and_restore_recovers_without_loss_or_deadlock(cluster):
     assert get["inserted"]() >= last_acked > 0
 
 
-def test_netem_latency_keeps_throughput_within_a_factor(cluster):
+def test_netem_latency_keeps_throughput_within_a_factor(netem, cluster):
     ans, _ = NS["actors"]
-    probe = sh("ip", "netns", "exec", ans, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
-               check=False)
-    if probe.returncode:
-        pytest.skip(f"tc netem unavailable (sch_netem kernel module missing?): {probe.stderr.strip()}")
-    sh("ip", "netns", "exec", ans, "tc", "qdisc", "del", "dev", "lo", "root", check=False)
-    get, procs = cluster["get"], cluster["procs"]
-    if procs["actor-0"].poll() is not None:
-        pytest.skip("the actor was stopped by the link test")
+    get = cluster["get"]
 
     def rate(seconds=6.0):
         a, t = get["updates"](), time.monotonic()

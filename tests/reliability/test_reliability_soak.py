@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reliability_helpers import FAST, kill_all, metric, rss_kib, spawn, stop, tail, wait_until  # noqa: E402
+from reliability_helpers import (FAST, kill_all, metric, rss_kib, spawn_reporting, stop, tail,  # noqa: E402
+                                 wait_until)
 
-from mamql.supervisor import free_port  # noqa: E402
 from protos.rpc import Security  # noqa: E402
 from replay.client import ReplayClient  # noqa: E402
 from replay.errors import ReplayError  # noqa: E402
@@ -34,8 +34,6 @@ MAX_GROWTH = 0.10
 
 def test_soak_rss_flat_and_counters_reconcile(tmp_path, demos_path):
     (tmp_path / "token").write_text(TOKEN)
-    rport, wport = free_port(), free_port()
-    ports = {n: free_port() for n in ["replay", "learner", *(f"actor-{i}" for i in range(ACTORS))]}
     common = [*FAST, "--set", "replay.tables=[{name: online, capacity: 40000, min_size_to_sample: 64, "
               "samples_per_insert: 1.0, error_buffer: 3000.0}]", "--set", f"auth.token_file={tmp_path / 'token'}",
               "--set", f"run.root={tmp_path}", "--set", "replay.checkpoint_on_exit=false"]
@@ -43,16 +41,21 @@ def test_soak_rss_flat_and_counters_reconcile(tmp_path, demos_path):
     stop_sampler = threading.Event()
     sampled = {"batches": 0, "error": None}
     try:
-        procs["replay"] = spawn(["replay", *common, "--set", f"replay.port={rport}",
-                                 "--set", f"metrics.port={ports['replay']}"], tmp_path / "replay.log")
-        procs["learner"] = spawn(["learner", *common, "--replay", f"127.0.0.1:{rport}", "--demos", demos_path,
-                                  "--steps", "0", "--run-dir", str(tmp_path / "run"), "--set", f"weights.port={wport}",
-                                  "--set", f"metrics.port={ports['learner']}"], tmp_path / "learner.log")
+        # every process binds port 0 and reports its ports (no port is picked before it is bound)
+        reported = {"replay": spawn_reporting(procs, "replay", ["replay", *common, "--set", "replay.port=0",
+                                                                "--set", "metrics.port=0"], tmp_path / "replay.log")}
+        rport = reported["replay"]["grpc"]
+        reported["learner"] = spawn_reporting(
+            procs, "learner", ["learner", *common, "--replay", f"127.0.0.1:{rport}", "--demos", demos_path, "--steps",
+                               "0", "--run-dir", str(tmp_path / "run"), "--set", "weights.port=0",
+                               "--set", "metrics.port=0"], tmp_path / "learner.log")
+        wport = reported["learner"]["grpc"]
         for i in range(ACTORS):
-            procs[f"actor-{i}"] = spawn(["actor", *common, "--replay", f"127.0.0.1:{rport}",
-                                         "--weights", f"127.0.0.1:{wport}", "--actor-id", str(i),
-                                         "--set", f"metrics.port={ports[f'actor-{i}']}"],
-                                        tmp_path / f"actor-{i}.log")
+            reported[f"actor-{i}"] = spawn_reporting(
+                procs, f"actor-{i}", ["actor", *common, "--replay", f"127.0.0.1:{rport}", "--weights",
+                                      f"127.0.0.1:{wport}", "--actor-id", str(i), "--set", "metrics.port=0"],
+                tmp_path / f"actor-{i}.log")
+        ports = {name: p["metrics"] for name, p in reported.items()}
         m = lambda name, what: metric(ports[name], what)  # noqa: E731
         wait_until(lambda: all(m(f"actor-{i}", "mamql_replay_writer_acked_transitions_total") > 0
                                for i in range(ACTORS)) and m("learner", "mamql_learner_updates_total") > 0,

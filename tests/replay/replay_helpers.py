@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,4 +72,4 @@ def spawn_server(tmp_path: Path, *args: str, env_extra: dict | None = None):
             proc.kill()
             raise RuntimeError("replay subprocess did not report its port")
         time.sleep(0.05)
-    return proc, int(port_file.read_text())
+    return proc, json.loads(port_file.read_text())["grpc"]
