@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.registry import env_spec
-from envs.vector import VectorEnv, transition_batch
+from mamql.envs.registry import env_spec
+from mamql.envs.vector import VectorEnv, transition_batch
 from mamql.batch import concat
 from mamql.config import Config
 from mamql.metrics import Counter, Gauge, Histogram, Summary
@@ -124,7 +124,7 @@ class Actor:
         if policy is not None:
             self.policy, self.version = policy, EXPERT_VERSION
         elif mode == "expert":
-            from envs.experts import make_expert
+            from mamql.envs.experts import make_expert
 
             expert = make_expert(config.env.name, kind=config.actor.expert, seed=seed, epsilon=config.actor.epsilon,
                                  **env_kwargs)
@@ -141,12 +141,12 @@ class Actor:
     def _build_learned(self, seed: int):
         import torch
 
-        from learner.networks import build_critics, build_joint_critics
-        from learner.policy import BoltzmannPolicy
+        from mamql.learner.networks import build_critics, build_joint_critics
+        from mamql.learner.policy import BoltzmannPolicy
 
         torch.set_num_threads(max(1, self.config.actor.torch_threads))
         build = build_joint_critics if self.config.learner.algo == "iqlma" else build_critics
-        critics = build(self.spec, self.config.learner.hidden or None)
+        critics = build(self.spec, self.config.learner.hidden or None, self.config.learner.network)
         # alpha until the first weights arrive with the learner's own (WeightSet.alpha)
         return BoltzmannPolicy(
             critics, alpha=self.config.learner.alpha, mode="sample", epsilon=self.config.actor.epsilon, seed=seed

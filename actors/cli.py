@@ -27,14 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import signal
 
-    from actors.actor import Actor
-    from actors.weight_subscriber import WeightSubscriber
+    from mamql.actors.actor import Actor
+    from mamql.actors.weight_subscriber import WeightSubscriber
     from mamql.cli import config_from_args
     from mamql.log import setup_logging
     from mamql.metrics import MetricsServer, new_registry
     from mamql.portfile import write_port_file
-    from protos.rpc import Security
-    from replay.client import ReplayClient
+    from mamql.protos.rpc import Security
+    from mamql.replay.client import ReplayClient
 
     config = config_from_args(args, {"env": "env.name", "num_envs": "actor.num_envs", "mode": "actor.mode"})
     name = f"actor-{args.actor_id}"

@@ -19,8 +19,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from actors.actor import actor_seed
-from replay.dataset import DatasetWriter
+from mamql.actors.actor import actor_seed
+from mamql.replay.dataset import DatasetWriter
 
 log = logging.getLogger("mamql.collect")
 
@@ -121,7 +121,7 @@ class Collector:
 
     def step(self, idle_wait: float = 0.01) -> int:
         """One round: read what is unread, write the episodes it completes; returns rows read."""
-        from replay.errors import DeadlineExceeded, Unavailable
+        from mamql.replay.errors import DeadlineExceeded, Unavailable
 
         try:
             n = min(self.unread(), self.chunk)
@@ -164,8 +164,8 @@ def rerun_expert(env_name: str, env_seed: int, actor_id: int, num_envs: int, exp
                  env_kwargs: Mapping | None = None):
     """Yield, forever, the transition batches actor `actor_id` sends in expert mode (same seeds,
     episode ids and fields as actors.actor.Actor), so a dataset can be checked against a re-run."""
-    from envs.experts import make_expert
-    from envs.vector import VectorEnv, transition_batch
+    from mamql.envs.experts import make_expert
+    from mamql.envs.vector import VectorEnv, transition_batch
 
     seed = actor_seed(env_seed, actor_id)
     env = VectorEnv(env_name, num_envs, seed=seed, episode_id_start=actor_id << 40, **dict(env_kwargs or {}))

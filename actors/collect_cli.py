@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--env", default=None, help="shortcut for --set env.name=...")
     p.add_argument("--expert", default=None, help="expert kind (actor.expert): scripted | random")
+    p.add_argument("--gamma", type=float, default=None, help="the discount these demos are for, recorded in the "
+                   "manifest (the learner warns when its learner.gamma differs)")
     p.add_argument("--transitions", type=int, default=None,
                    help="stop at the first episode boundary at or past this many transitions")
     p.add_argument("--episodes", type=int, default=None, help="stop after exactly this many episodes")
@@ -43,12 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _resolve(args):
     from mamql.cli import config_from_args, default_run_name
-    from mamql.config import with_updates
+    from mamql.config import validate, with_updates
 
     config = config_from_args(args, {"env": "env.name", "expert": "actor.expert", "num_envs": "actor.num_envs",
                                      "run_name": "run.name"})
-    return with_updates(config, actor={"mode": "expert", "table": args.table},
-                        run={"name": default_run_name(config, "collect")})
+    return validate(with_updates(config, actor={"mode": "expert", "table": args.table},  # expert mode: checks actor.expert
+                                 run={"name": default_run_name(config, "collect")}))
 
 
 def _collect_table(args):
@@ -66,7 +68,7 @@ CONNECT_TIMEOUT_S = 60.0  # a remote replay that is still starting gets this lon
 def wait_for_replay(client, address: str, timeout: float, stop) -> dict:
     """The replay's table info, retrying while it is not up yet (UNAVAILABLE) for at most `timeout`
     seconds: collectors and replays are often launched together, in any order."""
-    from replay.errors import Unavailable
+    from mamql.replay.errors import Unavailable
 
     deadline = time.monotonic() + timeout
     while True:
@@ -85,13 +87,13 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from actors.collect import Target
-    from envs.registry import env_spec
+    from mamql.actors.collect import Target
+    from mamql.envs.registry import env_spec
     from mamql.config import dump_config, with_updates
     from mamql.log import setup_logging
     from mamql.supervisor import Supervisor, grpc_serving
-    from protos.rpc import Security
-    from replay.dataset import DatasetError, DatasetWriter, spec_to_dict
+    from mamql.protos.rpc import Security
+    from mamql.replay.dataset import DatasetError, DatasetWriter, spec_to_dict
 
     if (args.transitions is None) == (args.episodes is None):
         print("mamql collect: give exactly one of --transitions and --episodes", file=sys.stderr)
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
                                     "with that + k, later episodes continue the copy's rng",
                        "shard_transitions": args.shard_transitions, "runs": []},
         "next_actor_id": 0,
+        **({"gamma": args.gamma} if args.gamma is not None else {}),
     }
     env = {"name": spec.name, "kwargs": dict(config.env.kwargs), "spec": spec_to_dict(spec)}
     try:
@@ -208,10 +211,10 @@ def _collect(args, config, writer, target, address, sup, actor_names, stop, log)
 
     from tqdm import tqdm
 
-    from actors.collect import Collector
-    from protos.rpc import Security
-    from replay.client import ReplayClient
-    from replay.errors import ReplayError
+    from mamql.actors.collect import Collector
+    from mamql.protos.rpc import Security
+    from mamql.replay.client import ReplayClient
+    from mamql.replay.errors import ReplayError
 
     client = ReplayClient(address, Security.from_config(config.auth), config.replay.max_message_mb)
     total = target.transitions if target.transitions is not None else target.episodes

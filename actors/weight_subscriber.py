@@ -20,7 +20,7 @@ import grpc
 from mamql.codec import CodecError
 from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS
 from mamql.weights import WeightAssembler, WeightSet
-from protos import rpc, weights_pb2, weights_pb2_grpc
+from mamql.protos import rpc, weights_pb2, weights_pb2_grpc
 
 log = logging.getLogger("mamql.actor.weights")
 

@@ -34,7 +34,7 @@ class _DropWriter:
 
 def raw_worker(env: str, num_envs: int, seconds: float) -> None:
     """One expert actor loop without streaming; prints its transitions/s."""
-    from actors.actor import Actor
+    from mamql.actors.actor import Actor
     from mamql.config import load_config
 
     config = load_config(None, [f"env.name={env}", "actor.mode=expert", f"actor.num_envs={num_envs}"])

@@ -6,19 +6,13 @@ Prints ONE JSON line. Steps are joint (all agents) env steps; random actions, au
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 import numpy as np
 
-# This file is named like the package it measures: drop bench/ from the path, put the repo root first.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-
 
 def _single(name: str, seconds: float) -> float:
-    from envs.registry import make
+    from mamql.envs.registry import make
 
     env = make(name)
     rng = np.random.default_rng(0)
@@ -36,7 +30,7 @@ def _single(name: str, seconds: float) -> float:
 
 
 def _vector(name: str, k: int, seconds: float) -> float:
-    from envs.vector import VectorEnv, transition_batch
+    from mamql.envs.vector import VectorEnv, transition_batch
 
     v = VectorEnv(name, k, seed=0)
     rng = np.random.default_rng(0)
@@ -54,8 +48,8 @@ def _vector(name: str, k: int, seconds: float) -> float:
 
 
 def _expert(name: str, k: int, seconds: float) -> float:
-    from envs.experts import make_expert
-    from envs.vector import VectorEnv
+    from mamql.envs.experts import make_expert
+    from mamql.envs.vector import VectorEnv
 
     v = VectorEnv(name, k, seed=0)
     obs = v.reset()
@@ -73,7 +67,7 @@ def _expert(name: str, k: int, seconds: float) -> float:
 
 
 def main() -> None:
-    from envs.registry import list_envs
+    from mamql.envs.registry import list_envs
 
     seconds, k = 1.5, 16
     out = {"k": k, "single_steps_per_s": {}, "vector_steps_per_s": {}, "expert_actions_per_s": {}}

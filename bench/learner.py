@@ -37,7 +37,7 @@ from mamql.config import LearnerConfig, load_config  # noqa: E402
 def gems_data(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Real Gems transitions from random play (uint8 planes, as replay stores them), tagged like an
     actor's rows."""
-    from learner.demos import collect_demos
+    from mamql.learner.demos import collect_demos
 
     batch, _ = collect_demos("gems", rows, seed=seed, expert="random")
     batch["actor_id"] = np.zeros(rows, np.int32)
@@ -68,9 +68,9 @@ def time_updates(updater, expert_batches, online_batches, seconds: float, device
 
 
 def bench_updates(device: torch.device, batch: int, seconds: float) -> dict:
-    from envs.registry import env_spec
-    from learner.fast import FastUpdater
-    from learner.updater import Updater
+    from mamql.envs.registry import env_spec
+    from mamql.learner.fast import FastUpdater
+    from mamql.learner.updater import Updater
 
     spec = env_spec("gems")
     data = gems_data(batch * 8)
@@ -97,10 +97,10 @@ def bench_updates(device: torch.device, batch: int, seconds: float) -> dict:
 def bench_replay(device: torch.device, batch: int, updates: int) -> dict:
     """Fast updater fed in-process vs over gRPC from a replay server process."""
     from bench.system import TABLES, start_replay, stop
-    from envs.registry import env_spec
-    from learner.fast import FastUpdater
-    from replay.client import ReplayClient
-    from replay.local import LocalReplay
+    from mamql.envs.registry import env_spec
+    from mamql.learner.fast import FastUpdater
+    from mamql.replay.client import ReplayClient
+    from mamql.replay.local import LocalReplay
 
     spec = env_spec("gems")
     config = load_config(None, [TABLES])

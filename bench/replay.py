@@ -10,23 +10,16 @@ SampleStream, (d) 2 writers + 1 sampler at once. Batches: 256 Gems transitions (
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
-    sys.path[0] = str(ROOT)  # this file is named replay.py: never shadow the replay package
-elif str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 BATCH = 256
 BARE_METHOD = "/bench.Sink/Insert"
@@ -50,7 +43,7 @@ def gems_batch(n: int) -> dict[str, np.ndarray]:
 
 
 def payload() -> bytes:
-    from replay.client import encode_request
+    from mamql.replay.client import encode_request
 
     return encode_request("online", gems_batch(BATCH), 1).SerializeToString()
 
@@ -63,7 +56,7 @@ def serve(kind: str, port_file: str) -> None:
     import grpc
 
     from mamql.config import Config, ReplayConfig, TableConfig, MetricsConfig
-    from protos.rpc import server_options
+    from mamql.protos.rpc import server_options
 
     if kind == "bare":
         def sink(requests, context):
@@ -78,7 +71,7 @@ def serve(kind: str, port_file: str) -> None:
         server.start()
         stop = lambda: server.stop(0)  # noqa: E731
     else:
-        from replay.server import ReplayServer
+        from mamql.replay.server import ReplayServer
 
         from mamql.batch import schema_of
 
@@ -102,7 +95,7 @@ def work(kind: str, address: str, seconds: float) -> dict:
     import grpc
 
     if kind == "bare":
-        from protos.rpc import channel_options
+        from mamql.protos.rpc import channel_options
 
         data = payload()
         channel = grpc.insecure_channel(address, options=channel_options(64))
@@ -118,7 +111,7 @@ def work(kind: str, address: str, seconds: float) -> dict:
         elapsed = time.monotonic() - start
         return {"transitions": acks * BATCH, "bytes": acks * len(data), "seconds": elapsed}
 
-    from replay.client import ReplayClient
+    from mamql.replay.client import ReplayClient
 
     client = ReplayClient(address)
     if kind == "insert":

@@ -66,10 +66,10 @@ def stop(proc: subprocess.Popen) -> None:
 def bench_actor_streaming(tmp: str, seconds: float) -> dict:
     import torch
 
-    from envs.registry import env_spec
-    from learner.networks import build_critics
-    from learner.policy import BoltzmannPolicy
-    from replay.client import ReplayClient
+    from mamql.envs.registry import env_spec
+    from mamql.learner.networks import build_critics
+    from mamql.learner.policy import BoltzmannPolicy
+    from mamql.replay.client import ReplayClient
 
     torch.set_num_threads(1)
     config = load_config(None, ["actor.mode=random", "actor.num_envs=8", TABLES])
@@ -93,7 +93,7 @@ def bench_actor_streaming(tmp: str, seconds: float) -> dict:
 
 
 def _actor_with_policy(config, writer, policy):
-    from actors.actor import Actor
+    from mamql.actors.actor import Actor
 
     actor = Actor(config, 0, writer)
     if policy is not None:
@@ -113,11 +113,11 @@ def _timed(actor, seconds: float) -> float:
 def bench_learner_remote(tmp: str, updates: int) -> dict:
     import torch
 
-    from envs.registry import env_spec
-    from learner.demos import collect_demos
-    from learner.updater import make_updater
-    from replay.client import ReplayClient
-    from replay.local import LocalReplay
+    from mamql.envs.registry import env_spec
+    from mamql.learner.demos import collect_demos
+    from mamql.learner.updater import make_updater
+    from mamql.replay.client import ReplayClient
+    from mamql.replay.local import LocalReplay
 
     torch.set_num_threads(1)  # the replay server and prefetch thread get the other core, as in a deployment
     config = load_config(None, ["learner.hidden=[256]", "learner.batch_size=128", TABLES])
@@ -164,7 +164,7 @@ def bench_learner_remote(tmp: str, updates: int) -> dict:
 
 SUBSCRIBER = r"""
 import sys, time
-from actors.weight_subscriber import WeightSubscriber
+from mamql.actors.weight_subscriber import WeightSubscriber
 sub = WeightSubscriber(sys.argv[1], sys.argv[2]).start()
 deadline = time.time() + float(sys.argv[3])
 while time.time() < deadline:
@@ -179,10 +179,10 @@ sub.close()
 def bench_weight_push(versions: int = 40) -> dict:
     """Three payloads: the paper-size Gems critics in float32 and bfloat16, and a small MLP critic
     (kitchen, 256-256) whose latency is the service's overhead floor."""
-    from envs.registry import env_spec
-    from learner.networks import build_critics
-    from learner.policy import flatten_weights
-    from learner.service import weights_to_numpy
+    from mamql.envs.registry import env_spec
+    from mamql.learner.networks import build_critics
+    from mamql.learner.policy import flatten_weights
+    from mamql.learner.service import weights_to_numpy
 
     payloads = {
         "gems_float32": weights_to_numpy(flatten_weights(build_critics(env_spec("gems"))), "float32"),
@@ -193,8 +193,8 @@ def bench_weight_push(versions: int = 40) -> dict:
 
 
 def _push(arrays: dict, dtypes: dict, versions: int) -> dict:
-    from learner.weight_service import WeightStore, serve_weights
-    from protos import rpc
+    from mamql.learner.weight_service import WeightStore, serve_weights
+    from mamql.protos import rpc
 
     nbytes = sum(a.nbytes for a in arrays.values())
     store = WeightStore()
@@ -227,7 +227,7 @@ def _push(arrays: dict, dtypes: dict, versions: int) -> dict:
 
 
 def bench_actor_scaling(tmp: str, seconds: float) -> dict:
-    from replay.client import ReplayClient
+    from mamql.replay.client import ReplayClient
 
     rates = {}
     for n in (1, 2):

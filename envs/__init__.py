@@ -4,7 +4,7 @@
 copies for an actor, `make_expert(name)` gives a batched Policy.
 """
 
-from envs.registry import EnvSpec, canonical_name, env_spec, list_envs, make
+from mamql.envs.registry import EnvSpec, canonical_name, env_spec, list_envs, make
 
 __all__ = ["EnvSpec", "canonical_name", "env_spec", "list_envs", "make", "VectorEnv", "make_expert"]
 
@@ -12,11 +12,11 @@ __all__ = ["EnvSpec", "canonical_name", "env_spec", "list_envs", "make", "Vector
 def __getattr__(name: str):
     # Lazy so that `import envs` stays light; vector and experts pull in more code.
     if name == "VectorEnv":
-        from envs.vector import VectorEnv
+        from mamql.envs.vector import VectorEnv
 
         return VectorEnv
     if name == "make_expert":
-        from envs.experts import make_expert
+        from mamql.envs.experts import make_expert
 
         return make_expert
     raise AttributeError(name)

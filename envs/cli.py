@@ -11,8 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     lst = envs_sub.add_parser("list", help="name, agents, observation shapes and actions of each env")
     lst.set_defaults(func=_list)
     play = envs_sub.add_parser("play", help="play episodes with an expert, print returns")
-    play.add_argument("--env", default="gems")
-    play.add_argument("--expert", choices=["scripted", "random"], default="scripted")
+    play.add_argument("--env", default="gems", help="a name from `mamql envs list`, or package.module:ClassOrFactory")
+    play.add_argument("--expert", choices=["scripted", "random"], default="scripted",
+                      help="scripted (envs that have one, see `mamql envs list`) or random")
     play.add_argument("--episodes", type=int, default=5)
     play.add_argument("--seed", type=int, default=0)
     play.add_argument("--epsilon", type=float, default=0.0, help="random-action rate mixed into the expert")
@@ -22,22 +23,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from envs.registry import env_spec, list_envs
+    from mamql.envs.experts import SCRIPTED
+    from mamql.envs.registry import ENTRY_POINT_GROUP, env_spec, list_envs
 
     for name in list_envs():
-        s = env_spec(name)
+        try:
+            s = env_spec(name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin env must not hide the others
+            print(f"{name:22s} unavailable: {' '.join(str(exc).split())}")
+            continue
         agents = ", ".join(
             f"{a} obs {s.obs_dtype[a]}{list(s.obs_shape[a])} actions {s.num_actions[a]}" for a in s.agents
         )
-        print(f"{name:22s} max_steps {s.max_steps:4d}  {agents}")
+        limit = f"{s.max_steps:4d}" if s.max_steps else "   -"  # 0: the env truncates by itself
+        expert = "scripted" if name in SCRIPTED else "random  "
+        print(f"{name:22s} max_steps {limit}  expert {expert}  {agents}")
+    print(f"(also: any PettingZoo ParallelEnv as --env package.module:ClassOrFactory, or a name in the "
+          f"{ENTRY_POINT_GROUP!r} entry-point group; docs/environments.md)")
     return 0
 
 
 def _play(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from envs.experts import make_expert
-    from envs.registry import make
+    from mamql.envs.experts import make_expert
+    from mamql.envs.registry import make
 
     env = make(args.env, **({"render_mode": "ansi"} if args.render else {}))
     policy = make_expert(args.env, args.expert, seed=args.seed, epsilon=args.epsilon)

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from envs.gems import AGENTS, DOWN, LEFT, RIGHT, STAY, UP
+from mamql.envs.gems import AGENTS, DOWN, LEFT, RIGHT, STAY, UP
 
 
 class GemsExpert:

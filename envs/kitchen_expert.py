@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from envs.kitchen import AGENTS, DIRS, DISH, INTERACT, LAYOUT, NOTHING, ONION, SOUP, STAY, Layout
+from mamql.envs.kitchen import AGENTS, DIRS, DISH, INTERACT, LAYOUT, NOTHING, ONION, SOUP, STAY, Layout
 
 
 class KitchenExpert:

@@ -48,7 +48,7 @@ def env_symmetries(env_name: str) -> np.ndarray | None:
     """Action permutations [8, A] for envs whose dynamics are symmetric under the grid's dihedral
     group, else None (augmentation is then refused, not silently skipped)."""
     if env_name == "gems":
-        from envs.gems import MOVES
+        from mamql.envs.gems import MOVES
 
         return action_permutations(MOVES)
     return None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.registry import make
+from mamql.envs.registry import make
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def expert_agreement(updater: Any, held_out: Mapping[str, np.ndarray]) -> dict[s
     (IQL-MA critics are read through their marginal over the agent's own action)."""
     import torch
 
-    from learner.losses import marginalize_joint_q
+    from mamql.learner.losses import marginalize_joint_q
 
     out = {}
     for i, agent in enumerate(updater.agents):
@@ -63,7 +63,7 @@ def run_variants(
 ) -> list[dict]:
     """Train and evaluate every variant, (name, its `--set` overrides, its resolved config); returns
     (and reports as it goes) one record per variant."""
-    from learner.trainer import Trainer
+    from mamql.learner.trainer import Trainer
     from mamql.config import with_updates
 
     records = []
@@ -96,7 +96,7 @@ def ablate(args: Any) -> int:
     """`mamql ablate` entry point: prints one JSON line per variant, also appended to OUT/ablation.jsonl."""
     import argparse
 
-    from learner.demos import collect_demos, load_demos
+    from mamql.learner.demos import collect_demos, load_demos
     from mamql.cli import config_from_args
 
     def config_for(overrides: list[str]):

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from experiments.suites import SUITES
+    from mamql.experiments.suites import SUITES
     from mamql.cli import add_config_args
 
     p = sub.add_parser("experiment", help="run a suite of MAMQL / IQL-MA / BC runs through the distributed system")
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from experiments.ablation import ablate
+    from mamql.experiments.ablation import ablate
 
     return ablate(args)
 
@@ -49,8 +49,8 @@ def run_experiment(args: argparse.Namespace) -> int:
     import threading
     from pathlib import Path
 
-    from experiments.plots import plot_results
-    from experiments.runner import run_suite, suite_by_name
+    from mamql.experiments.plots import plot_results
+    from mamql.experiments.runner import run_suite, suite_by_name
     from mamql.log import setup_logging
 
     setup_logging("experiment")
@@ -76,7 +76,7 @@ def run_plot(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from experiments.plots import is_trainer_run, plot_results, single_run, trainer_runs
+    from mamql.experiments.plots import is_trainer_run, plot_results, single_run, trainer_runs
 
     suites, runs, trained = [], [], []  # results/<suite> dirs, `mamql local` runs, `mamql train` runs
     for d in map(Path, args.dirs):

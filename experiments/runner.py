@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.suites import SUITES, Suite
+from mamql.experiments.suites import SUITES, Suite
 from mamql.config import Config, load_config
 
 SUMMARY_FIELDS = [
@@ -45,7 +45,7 @@ def run_config(suite: Suite, env: str, demos: int, algo: str, seed: int, out: Pa
 
 def collect(env: str, transitions: int, path: Path, seed: int = 0) -> dict:
     """Expert demos for one dataset (in this process: it is fast and needs no server)."""
-    from learner.demos import collect_demos, load_demos, save_demos
+    from mamql.learner.demos import collect_demos, load_demos, save_demos
 
     if not path.exists():
         batch, meta = collect_demos(env, transitions, seed=seed)
@@ -54,8 +54,8 @@ def collect(env: str, transitions: int, path: Path, seed: int = 0) -> dict:
 
 
 def random_return(env: str, episodes: int) -> float:
-    from envs.experts import make_expert
-    from learner.evaluate import run_episodes
+    from mamql.envs.experts import make_expert
+    from mamql.learner.evaluate import run_episodes
 
     result = run_episodes(make_expert(env, kind="random", seed=0), env, episodes)
     return float(np.mean(list(result["mean_return"].values())))
@@ -63,8 +63,8 @@ def random_return(env: str, episodes: int) -> float:
 
 def evaluate_run(run_dir: Path, demos_path: Path, episodes: int) -> dict[str, Any]:
     """Greedy and sampled returns and reward recovery from the run's final learner checkpoint."""
-    from learner.demos import load_demos
-    from learner.evaluate import evaluate, load_updater, reward_recovery
+    from mamql.learner.demos import load_demos
+    from mamql.learner.evaluate import evaluate, load_updater, reward_recovery
 
     updater, _ = load_updater(run_dir / "checkpoints" / "learner" / "latest.pt")
     demos, _ = load_demos(demos_path)

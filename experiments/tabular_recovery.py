@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.losses import boltzmann_probs, mamql_loss, shaping_projected_correlation, soft_value
+from mamql.learner.losses import boltzmann_probs, mamql_loss, shaping_projected_correlation, soft_value
 
 STATES, ACTIONS, PARTNER_ACTIONS, GAMMA = 8, 4, 3, 0.9
 

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from learner.policy import flatten_weights, unflatten_weights
+from mamql.learner.policy import flatten_weights, unflatten_weights
 from mamql.config import InputError
 
 

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--steps", type=int, default=None, help="learner.steps (total updates, resume included)")
     train.add_argument("--run-name", default=None, help="run.name: writes runs/<name>/ (default: a new unique name)")
     train.add_argument("--seed", type=int, default=None, help="run.seed")
+    train.add_argument("--gamma", type=float, default=None,
+                       help="learner.gamma, the discount (warned about when the demos say they were made for another)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run --run-name from runs/<name>/checkpoints' newest")
     train.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -40,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demos = sub.add_parser("demos", help="expert demonstrations")
     demos_sub = demos.add_subparsers(dest="demos_command", metavar="ACTION", required=True)
     col = demos_sub.add_parser("collect", help="collect scripted-expert transitions into one .npz")
-    col.add_argument("--env", default="gems")
+    col.add_argument("--env", default="gems", help="a name from `mamql envs list`, or package.module:ClassOrFactory")
+    col.add_argument("--expert", choices=["scripted", "random"], default="scripted",
+                     help="scripted (envs that have one, see `mamql envs list`) or random play")
     col.add_argument("--transitions", type=int, default=20_000)
     col.add_argument("--out", required=True)
     col.add_argument("--seed", type=int, default=0)
@@ -52,18 +56,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from learner.demos import collect_demos, load_demos, save_demos
-    from learner.trainer import Trainer
+    from mamql.learner.demos import collect_demos, load_demos, save_demos
+    from mamql.learner.trainer import Trainer
     from mamql.cli import config_from_args, make_run_dir
 
     config = config_from_args(args, {"env": "env.name", "algo": "learner.algo", "steps": "learner.steps",
                                      "expert_transitions": "learner.expert_transitions", "run_name": "run.name",
-                                     "seed": "run.seed"})
+                                     "seed": "run.seed", "gamma": "learner.gamma"})
     if args.demos:  # check the demos before a run directory exists
         demos, meta = load_demos(args.demos)
         if meta.get("env") and meta["env"] != config.env.name:
             print(f"mamql train: demos are for env {meta['env']!r}, training on {config.env.name!r}", file=sys.stderr)
             return 2
+    elif not (args.resume and config.run.name != "default"):  # demos will be collected: a scripted expert?
+        from mamql.envs.experts import check_expert
+
+        check_expert(config.env.name, "scripted")
     config, run_dir = make_run_dir(config, "train", resume=args.resume)
     saved = run_dir / "demos.npz"
     if args.demos:
@@ -78,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"expert: {json.dumps(meta['mean_return'])} mean return per agent -> {saved}", file=sys.stderr)
     print(f"mamql train: run directory {run_dir}", file=sys.stderr)
     try:
-        trainer = Trainer(config, demos, run_dir, resume=args.resume, progress=not args.no_progress)
+        trainer = Trainer(config, demos, run_dir, resume=args.resume, progress=not args.no_progress, demos_meta=meta)
     except FileNotFoundError as exc:  # --resume of a run without a checkpoint
         print(f"mamql train: error: {exc}", file=sys.stderr)
         return 2
@@ -94,8 +102,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from learner.demos import load_demos
-    from learner.evaluate import EVAL_SEED, config_from_extra, load_updater, policy_from, reward_recovery, run_episodes
+    from mamql.learner.demos import load_demos
+    from mamql.learner.evaluate import EVAL_SEED, config_from_extra, load_updater, policy_from, reward_recovery, run_episodes
 
     updater, extra = load_updater(args.checkpoint)
     config = config_from_extra(extra)
@@ -116,9 +124,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from learner.demos import collect_demos, save_demos
+    from mamql.learner.demos import collect_demos, save_demos
 
-    batch, summary = collect_demos(args.env, args.transitions, seed=args.seed, epsilon=args.epsilon, num_envs=args.num_envs)
+    batch, summary = collect_demos(args.env, args.transitions, seed=args.seed, epsilon=args.epsilon,
+                                   num_envs=args.num_envs, expert=args.expert)
     save_demos(args.out, batch, summary)
     print(json.dumps(summary))
     return 0

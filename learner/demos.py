@@ -19,6 +19,9 @@ import numpy as np
 from mamql.config import InputError
 
 METADATA_KEY = "__metadata_json__"
+# What training reads of a demonstration, per agent (plus done and truncated). Rewards are optional,
+# evaluation-only fields: inverse RL learns from demonstrations that carry none.
+DEMO_FIELDS = ("obs", "action", "next_obs")
 
 
 class DemosError(InputError):
@@ -39,8 +42,8 @@ def collect_demos(
     `transitions` rows. Only the last kept episode may be cut short; its final row then keeps
     done=False, which is correct (a cut is not a terminal state). Returns (batch, summary); the
     summary's returns are over the complete episodes collected (the expert's quality)."""
-    from envs.experts import make_expert
-    from envs.vector import VectorEnv, transition_batch
+    from mamql.envs.experts import make_expert
+    from mamql.envs.vector import VectorEnv, transition_batch
 
     kwargs = dict(env_kwargs or {})
     env = VectorEnv(env_name, num_envs, seed=seed, **kwargs)
@@ -108,9 +111,9 @@ def save_demos(path: str | Path, batch: Mapping[str, np.ndarray], metadata: Mapp
 def check_demos(path: str | Path, fields: bool = True) -> None:
     """Raise DemosError unless `path` looks loadable, reading headers only (no array data): a dataset
     directory's manifest, or a .npz of plain (non-object) arrays with one row count and (`fields`)
-    the mamql.batch fields training needs. Commands run it before they create anything, so a bad
+    the fields training needs (DEMO_FIELDS per agent, done, truncated; rewards optional). Commands run it before they create anything, so a bad
     --demos costs nothing."""
-    from replay.dataset import NPZ_ERRORS, DatasetError, is_dataset, npz_problem, read_manifest
+    from mamql.replay.dataset import NPZ_ERRORS, DatasetError, is_dataset, npz_problem, read_manifest
 
     path = Path(path)
     if not path.exists():
@@ -134,7 +137,7 @@ def check_demos(path: str | Path, fields: bool = True) -> None:
 
 def _npz_problem(path: Path, fields: bool) -> str | None:
     """What is wrong with an .npz as demos, from the .npy headers inside it; None if nothing."""
-    from mamql.batch import PER_AGENT_FIELDS, SHARED_FIELDS, agents_of
+    from mamql.batch import SHARED_FIELDS, agents_of
 
     rows = {}
     with zipfile.ZipFile(path) as archive:
@@ -149,7 +152,7 @@ def _npz_problem(path: Path, fields: bool) -> str | None:
             if field != METADATA_KEY:
                 rows[field] = shape[0] if shape else 0
     agents = agents_of(rows)
-    needed = [f"{k}/{a}" for a in agents for k in PER_AGENT_FIELDS] + list(SHARED_FIELDS)
+    needed = [f"{k}/{a}" for a in agents for k in DEMO_FIELDS] + list(SHARED_FIELDS)
     missing = [k for k in needed if k not in rows] if agents else ["obs/<agent>", *needed]
     if fields and missing:
         return f"missing field(s) {', '.join(missing)}"
@@ -162,7 +165,7 @@ def load_demos(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     """(batch, metadata) from save_demos' file, read with allow_pickle=False; a dataset directory
     (replay.dataset, from `mamql collect`) loads whole, its manifest less the shard list as metadata.
     A missing or corrupt file is a DemosError naming it."""
-    from replay.dataset import NPZ_ERRORS, DatasetError, is_dataset, load_dataset, npz_problem, read_manifest
+    from mamql.replay.dataset import NPZ_ERRORS, DatasetError, is_dataset, load_dataset, npz_problem, read_manifest
 
     check_demos(path, fields=False)  # what the caller needs of the fields is the caller's to check
     if is_dataset(path):
@@ -181,3 +184,14 @@ def load_demos(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     except NPZ_ERRORS as exc:  # a CRC error, a cut-off member, metadata that is not JSON
         raise DemosError(f"{path} is not a valid demos file: {npz_problem(exc)}") from None
     return batch, metadata
+
+
+def gamma_warning(metadata: Mapping[str, Any], gamma: float) -> str | None:
+    """A one-line warning when the demos say which discount they were made for and it is not the
+    learner's (the recovered reward then answers a different question); None when they agree or
+    the demos do not say."""
+    demo_gamma = metadata.get("gamma")
+    if demo_gamma is None or abs(float(demo_gamma) - float(gamma)) < 1e-9:
+        return None
+    return (f"demos were collected for gamma={float(demo_gamma):g} but the learner trains with gamma={float(gamma):g} "
+            "(learner.gamma, --gamma)")

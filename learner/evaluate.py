@@ -5,7 +5,8 @@ vector-env copy so short episodes are not over-represented, fixed eval seeds (co
 checkpoints, disjoint from the training seeds).
 
 Reward recovery on expert data, per agent:
-  raw      r^_i = Q_i(s, a_i) - gamma (1 - done) V_i(s') against the env's `reward/<agent>`:
+  raw      r^_i = Q_i(s, a_i) - gamma (1 - done) V_i(s') against the demos' `reward/<agent>` (or,
+           for demos without rewards, the env's reward function where it has one; else skipped):
            Pearson correlation and MSE after a least-squares affine map (learner.losses.
            affine_fit_metrics). NOT shaping-invariant: a good reward can score low here.
   epic     Pearson correlation of the EPIC canonical forms (Gleave et al. 2021) of r^_i and the true
@@ -25,10 +26,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from learner.losses import affine_fit_metrics, epic_canonical_correlation, recover_reward_from_q, soft_value
-from learner.networks import JointCritic
-from learner.policy import BoltzmannPolicy
-from learner.updater import Updater, make_updater, read_checkpoint
+from mamql.learner.losses import affine_fit_metrics, epic_canonical_correlation, recover_reward_from_q, soft_value
+from mamql.learner.networks import JointCritic
+from mamql.learner.policy import BoltzmannPolicy
+from mamql.learner.updater import Updater, make_updater, read_checkpoint
 
 EVAL_SEED = 1_000_003  # eval envs never share seeds with training envs
 
@@ -59,8 +60,8 @@ def config_from_extra(extra: Mapping[str, Any]):
 def load_updater(path: str | Path, device: str = "cpu") -> tuple[Updater, dict]:
     """Rebuild the Updater a checkpoint came from (spec and config are stored in it). A file that is
     not such a checkpoint is a CheckpointError naming it (the CLI prints one line)."""
-    from envs import env_spec
-    from learner.checkpoint import CheckpointError
+    from mamql.envs import env_spec
+    from mamql.learner.checkpoint import CheckpointError
 
     ckpt = read_checkpoint(path)
     try:
@@ -77,7 +78,7 @@ def load_updater(path: str | Path, device: str = "cpu") -> tuple[Updater, dict]:
 def run_episodes(policy: Any, env_name: str, episodes: int, seed: int = EVAL_SEED,
                  env_kwargs: Mapping[str, Any] | None = None, max_envs: int = 32) -> dict[str, Any]:
     """Mean (and std) return per agent over `episodes` episodes: the first episode of each copy."""
-    from envs.vector import VectorEnv
+    from mamql.envs.vector import VectorEnv
 
     returns: dict[str, list[float]] = {}
     lengths: list[int] = []
@@ -113,10 +114,10 @@ def run_episodes(policy: Any, env_name: str, episodes: int, seed: int = EVAL_SEE
 def policy_from(source: Any, mode: str = "greedy", alpha: float | None = None, seed: int = EVAL_SEED) -> BoltzmannPolicy:
     """A CPU BoltzmannPolicy on a COPY of the updater's weights (training never sees eval mode)."""
     updater = load_updater(source)[0] if isinstance(source, (str, Path)) else source
-    from learner.networks import build_critics, build_joint_critics
+    from mamql.learner.networks import build_critics, build_joint_critics
 
     build = build_joint_critics if updater.algo == "iqlma" else build_critics
-    critics = build(updater.spec, tuple(updater.config.hidden) or None)
+    critics = build(updater.spec, tuple(updater.config.hidden) or None, getattr(updater.config, "network", "default"))
     policy = BoltzmannPolicy(critics, alpha=updater.alpha if alpha is None else alpha, mode=mode, seed=seed)
     policy.load_flat(updater.policy_weights())
     return policy
@@ -147,6 +148,17 @@ def gems_true_reward_from_planes(obs: np.ndarray, next_obs: np.ndarray) -> np.nd
     return own_gem + 6.0 * purple.astype(np.float32)
 
 
+def true_rewards(env_name: str, demos: Mapping[str, np.ndarray], agent: str, rows: np.ndarray) -> torch.Tensor | None:
+    """The true reward of `rows`: the demos' own `reward/<agent>` when they carry one (rewards are
+    optional, evaluation-only fields), else the env's reward function where it is one of (s, s')
+    (Gems), else None: recovery against it is then skipped, not guessed."""
+    if f"reward/{agent}" in demos:
+        return torch.as_tensor(demos[f"reward/{agent}"][rows]).float()
+    if env_name == "gems":
+        return torch.as_tensor(gems_true_reward_from_planes(demos[f"obs/{agent}"][rows], demos[f"next_obs/{agent}"][rows]))
+    return None
+
+
 @torch.no_grad()
 def _critic_q(critic: torch.nn.Module, obs: np.ndarray, device: torch.device, chunk: int = 2048) -> torch.Tensor:
     outs = [critic(torch.as_tensor(obs[i:i + chunk], device=device)).float().cpu() for i in range(0, len(obs), chunk)]
@@ -157,7 +169,8 @@ def _critic_q(critic: torch.nn.Module, obs: np.ndarray, device: torch.device, ch
 def reward_recovery(updater: Updater, demos: Mapping[str, np.ndarray], max_rows: int = 4096,
                     epic_rows: int = 1024, epic_pool: int = 64, seed: int = 0,
                     keep_rows: int = 0) -> dict[str, dict[str, Any]]:
-    """Per agent: {"raw": affine_fit_metrics(r^, r_true) on up to max_rows expert rows,
+    """Per agent: {"raw": affine_fit_metrics(r^, r_true) on up to max_rows expert rows (None, with a
+    "skipped" reason, when no true reward is known: see true_rewards),
     "epic_pearson": shaping-invariant correlation (Gems only, else None)}; with keep_rows > 0 also
     "r_hat" and "r_true", numpy arrays of the first keep_rows of those rows (for scatter plots)."""
     rng = np.random.default_rng(seed)
@@ -169,7 +182,7 @@ def reward_recovery(updater: Updater, demos: Mapping[str, np.ndarray], max_rows:
     for agent, critic in updater.critics.items():
         critic.eval()
         if isinstance(critic, JointCritic):
-            from learner.losses import joint_action_index
+            from mamql.learner.losses import joint_action_index
 
             acts = joint_action_index([torch.as_tensor(demos[f"action/{a}"][rows]) for a in updater.agents], updater.num_actions)
         else:
@@ -177,9 +190,12 @@ def reward_recovery(updater: Updater, demos: Mapping[str, np.ndarray], max_rows:
         obs, nxt = demos[f"obs/{agent}"][rows], demos[f"next_obs/{agent}"][rows]
         q, q_next = _critic_q(critic, obs, updater.device), _critic_q(critic, nxt, updater.device)
         r_hat = recover_reward_from_q(q, q_next, acts, done, updater.gamma, updater.alpha)
-        true = torch.as_tensor(demos[f"reward/{agent}"][rows]).float()
-        result: dict[str, Any] = {"raw": affine_fit_metrics(r_hat, true), "epic_pearson": None}
-        if keep_rows:
+        true = true_rewards(updater.spec.name, demos, agent, rows)
+        result: dict[str, Any] = {"raw": None if true is None else affine_fit_metrics(r_hat, true), "epic_pearson": None}
+        if true is None:
+            result["skipped"] = (f"raw recovery skipped: the demos hold no reward/{agent} and env "
+                                 f"{updater.spec.name!r} has no reward function of (s, s') to compute it")
+        elif keep_rows:
             result["r_hat"], result["r_true"] = r_hat[:keep_rows].numpy(), true[:keep_rows].numpy()
         if gems:
             result["epic_pearson"] = _gems_epic(q, q_next, acts, obs, nxt, demos, done, updater, epic_rows, epic_pool, rng)

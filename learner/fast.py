@@ -40,9 +40,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from learner.losses import joint_action_index, mamql_loss
-from learner.networks import build_critics, build_joint_critics
-from learner.updater import CHECKPOINT_FORMAT, chi2_alpha_of, default_weight_decay, resolve_device
+from mamql.learner.losses import joint_action_index, mamql_loss
+from mamql.learner.networks import build_critics, build_joint_critics
+from mamql.learner.updater import CHECKPOINT_FORMAT, chi2_alpha_of, default_weight_decay, resolve_device
 
 log = logging.getLogger("mamql.learner.fast")
 
@@ -114,7 +114,8 @@ class FastUpdater:
         self.weight_decay = default_weight_decay(spec.name) if wd < 0 else wd
         torch.manual_seed(seed)  # the same initial weights as Updater(spec, config, seed=seed)
         build = build_joint_critics if self.algo == "iqlma" else build_critics
-        modules = [m.to(self.device) for m in build(spec, tuple(config.hidden) or None).values()]
+        critics = build(spec, tuple(config.hidden) or None, getattr(config, "network", "default"))
+        modules = [m.to(self.device) for m in critics.values()]
         self.state_keys = list(modules[0].state_dict().keys())  # flatten_weights order
         self.param_names = [n for n, _ in modules[0].named_parameters()]  # Adam's param index order
         params, buffers = stack_module_state(modules)

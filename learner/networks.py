@@ -19,6 +19,9 @@ Architectures:
   (256, 256) are the paper's Highway size; the paper's Overcooked/Kitchen net 2048 -> 4096 -> 2048
   (PAPER_KITCHEN_HIDDEN, ~17 M multiply-adds per row) is available through `hidden` but too slow
   for the CPU default.
+- `network="mlp"`: flatten + MLP for any observation shape (planes included).
+- `network="linear"`: one Linear(prod(obs_shape) -> A) layer, obs_dim * A weights + A biases: a Q
+  table when observations are one-hot, the smallest critic a small custom env can have.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 IMAGE_HIDDEN = (1024, 1024)
 VECTOR_HIDDEN = (256, 256)
 PAPER_KITCHEN_HIDDEN = (2048, 4096, 2048)
+NETWORKS = ("default", "mlp", "linear")  # config.LearnerConfig.network
 
 
 def _mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -45,13 +49,20 @@ def _mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
 
 
 class Critic(nn.Module):
-    """Q(s, .) -> [N, num_outputs]. A CNN trunk for (C, H, W) observations, an MLP otherwise."""
+    """Q(s, .) -> [N, num_outputs]. network "default": a CNN trunk for (C, H, W) observations, an MLP
+    otherwise; "mlp": an MLP for any shape; "linear": no hidden layer."""
 
-    def __init__(self, obs_shape: Sequence[int], num_outputs: int, hidden: Sequence[int] | None = None):
+    def __init__(self, obs_shape: Sequence[int], num_outputs: int, hidden: Sequence[int] | None = None,
+                 network: str = "default"):
         super().__init__()
+        if network not in NETWORKS:
+            raise ValueError(f"network must be one of {', '.join(NETWORKS)}, got {network!r}")
+        if network == "linear" and hidden:
+            raise ValueError(f"a linear critic has no hidden layers, got hidden={list(hidden)}")
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.num_outputs = int(num_outputs)
-        if len(self.obs_shape) == 3:
+        self.network = network
+        if network == "default" and len(self.obs_shape) == 3:
             c, h, w = self.obs_shape
             self.trunk: nn.Module = nn.Sequential(
                 nn.Conv2d(c, 32, kernel_size=3, stride=1, padding=1),
@@ -65,7 +76,7 @@ class Critic(nn.Module):
         else:
             self.trunk = nn.Flatten()
             features = math.prod(self.obs_shape)
-            hidden = VECTOR_HIDDEN if not hidden else hidden
+            hidden = () if network == "linear" else VECTOR_HIDDEN if not hidden else hidden
         self.hidden = tuple(int(x) for x in hidden)
         self.head = _mlp(features, self.hidden, self.num_outputs)
 
@@ -84,21 +95,23 @@ class JointCritic(Critic):
         num_actions_per_agent: Sequence[int],
         agent_index: int,
         hidden: Sequence[int] | None = None,
+        network: str = "default",
     ):
         self.num_actions_per_agent = tuple(int(n) for n in num_actions_per_agent)
-        super().__init__(obs_shape, math.prod(self.num_actions_per_agent), hidden)
+        super().__init__(obs_shape, math.prod(self.num_actions_per_agent), hidden, network)
         self.agent_index = int(agent_index)
 
 
-def build_critics(spec: Any, hidden: Sequence[int] | None = None) -> dict[str, Critic]:
+def build_critics(spec: Any, hidden: Sequence[int] | None = None, network: str = "default") -> dict[str, Critic]:
     """One marginal critic per agent, in spec.agents order. hidden=None or () = default widths."""
-    return {a: Critic(spec.obs_shape[a], spec.num_actions[a], hidden) for a in spec.agents}
+    return {a: Critic(spec.obs_shape[a], spec.num_actions[a], hidden, network) for a in spec.agents}
 
 
-def build_joint_critics(spec: Any, hidden: Sequence[int] | None = None) -> dict[str, JointCritic]:
+def build_joint_critics(spec: Any, hidden: Sequence[int] | None = None,
+                        network: str = "default") -> dict[str, JointCritic]:
     """One joint-action critic per agent (IQL-MA baseline)."""
     n = [int(spec.num_actions[a]) for a in spec.agents]
-    return {a: JointCritic(spec.obs_shape[a], n, i, hidden) for i, a in enumerate(spec.agents)}
+    return {a: JointCritic(spec.obs_shape[a], n, i, hidden, network) for i, a in enumerate(spec.agents)}
 
 
 def torch_dtype(dtype: Any) -> torch.dtype:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from learner.losses import boltzmann_probs, marginalize_joint_q
-from learner.networks import JointCritic
+from mamql.learner.losses import boltzmann_probs, marginalize_joint_q
+from mamql.learner.networks import JointCritic
 
 MODES = ("sample", "greedy")
 

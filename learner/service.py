@@ -23,7 +23,7 @@ import numpy as np
 from mamql.config import Config, to_dict
 from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricsServer, new_registry
 from mamql.weights import new_epoch
-from protos import rpc
+from mamql.protos import rpc
 
 log = logging.getLogger("mamql.learner")
 
@@ -100,11 +100,11 @@ class LearnerService:
     def __init__(self, config: Config, replay_address: str, demos_path: str, registry=None, run_dir: str | None = None):
         import torch
 
-        from envs.registry import env_spec
-        from learner.demos import load_demos
-        from learner.updater import make_updater
-        from learner.weight_service import SERVICE_NAME, WeightStore, serve_weights
-        from replay.client import ReplayClient
+        from mamql.envs.registry import env_spec
+        from mamql.learner.demos import DEMO_FIELDS, DemosError, gamma_warning, load_demos
+        from mamql.learner.updater import make_updater
+        from mamql.learner.weight_service import SERVICE_NAME, WeightStore, serve_weights
+        from mamql.replay.client import ReplayClient
 
         self.config = config
         self.registry = registry if registry is not None else new_registry()
@@ -115,8 +115,16 @@ class LearnerService:
         self.spec = env_spec(config.env.name, **config.env.kwargs)
         self.updater = make_updater(self.spec, config.learner, config.learner.device)
         self.device = getattr(self.updater, "device", "cpu")
-        demos, _ = load_demos(demos_path)
-        self.expert = ExpertSampler(demos, self.device, config.run.seed)
+        demos, meta = load_demos(demos_path)
+        warning = gamma_warning(meta, config.learner.gamma)
+        if warning:
+            log.warning(warning)
+        # only what the updater reads: reward-less demos load, and no device memory goes to unused fields
+        keep = [f"{k}/{a}" for a in self.spec.agents for k in DEMO_FIELDS] + ["done", "truncated"]
+        missing = [k for k in keep if k not in demos]
+        if missing:
+            raise DemosError(f"{demos_path} is not a valid demos file: missing field(s) {', '.join(missing)}")
+        self.expert = ExpertSampler({k: demos[k] for k in keep}, self.device, config.run.seed)
         self.metrics = LearnerMetrics(self.registry, self.spec.agents)
         self.security = rpc.Security.from_config(config.auth)
         self.client = ReplayClient(replay_address, self.security, config.replay.max_message_mb)
@@ -165,7 +173,7 @@ class LearnerService:
 
     # ------------------------------------------------------------------ checkpoints
     def resume(self) -> bool:
-        from learner.updater import load_checkpoint
+        from mamql.learner.updater import load_checkpoint
 
         path = self.checkpoint_dir / "latest.pt"
         if not path.exists():
@@ -184,7 +192,7 @@ class LearnerService:
         return True
 
     def save(self) -> Path:
-        from learner.updater import save_checkpoint
+        from mamql.learner.updater import save_checkpoint
 
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / "latest.pt"
@@ -227,7 +235,7 @@ class LearnerService:
     # ------------------------------------------------------------------ the loop
     def run(self, steps: int, status_every_s: float = 10.0) -> int:
         """Update until `steps` total updates (0 = until stop()); returns updates done in this call."""
-        from replay.errors import DeadlineExceeded
+        from mamql.replay.errors import DeadlineExceeded
 
         cfg = self.config.learner
         self.publish()  # actors leave random play as soon as the first version exists
@@ -292,8 +300,8 @@ class LearnerService:
 
     def _replay_ratio(self) -> float | None:
         """Online rows consumed per online transition inserted (one Info call per log interval)."""
-        from learner.fast import replay_ratio
-        from replay.errors import ReplayError
+        from mamql.learner.fast import replay_ratio
+        from mamql.replay.errors import ReplayError
 
         try:
             inserted = self.client.info(timeout=2.0)[self.config.actor.table].inserted

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import signal
 
-    from learner.service import LearnerService
+    from mamql.learner.service import LearnerService
     from mamql.cli import config_from_args
     from mamql.log import setup_logging
     from mamql.portfile import write_port_file

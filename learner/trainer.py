@@ -20,6 +20,7 @@ but not bit-identical to an uninterrupted one (the Updater itself is; see the te
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,7 +30,7 @@ import numpy as np
 from mamql.config import Config, ReplayConfig, TableConfig, dump_config, to_dict
 
 EXPERT, ONLINE = "expert", "online"
-TRAIN_FIELDS = ("obs", "action", "reward", "next_obs")
+TRAIN_FIELDS = ("obs", "action", "next_obs")  # the learner never reads rewards: demos need none (learner.demos)
 
 
 def run_dir_of(config: Config) -> Path:
@@ -48,13 +49,14 @@ def _train_fields(batch: Mapping[str, np.ndarray], agents: list[str]) -> dict[st
 
 class Trainer:
     def __init__(self, config: Config, demos: Mapping[str, np.ndarray], run_dir: str | Path | None = None,
-                 resume: bool = False, progress: bool = True):
-        from envs import env_spec
-        from envs.experts import make_expert
-        from envs.vector import VectorEnv
-        from learner.evaluate import policy_from
-        from learner.updater import load_checkpoint, make_updater, set_torch_threads
-        from replay.local import LocalReplay
+                 resume: bool = False, progress: bool = True, demos_meta: Mapping[str, Any] | None = None):
+        from mamql.envs import env_spec
+        from mamql.envs.experts import make_expert
+        from mamql.envs.vector import VectorEnv
+        from mamql.learner.demos import gamma_warning
+        from mamql.learner.evaluate import policy_from
+        from mamql.learner.updater import load_checkpoint, make_updater, set_torch_threads
+        from mamql.replay.local import LocalReplay
 
         self.config, lc = config, config.learner
         self.run_dir = Path(run_dir) if run_dir else run_dir_of(config)
@@ -73,6 +75,9 @@ class Trainer:
             load_checkpoint(ckpt, self.updater)
             self.resumed_from = str(ckpt)
         self.demos = _train_fields(demos, self.agents)
+        warning = gamma_warning(demos_meta or {}, lc.gamma)
+        if warning:
+            logging.getLogger("mamql.learner").warning(warning)
         n_demos = len(self.demos["done"])
         step = self.updater.step
         seed = config.run.seed + 7919 * step  # resumed runs get fresh but deterministic streams
@@ -93,7 +98,7 @@ class Trainer:
         self._seed_online(make_expert(config.env.name, kind="random", seed=seed, **env_kwargs))
 
     def _step_env(self, policy) -> None:
-        from envs.vector import transition_batch
+        from mamql.envs.vector import transition_batch
 
         actions = policy.act(self.obs)
         result = self.env.step(actions)
@@ -109,7 +114,7 @@ class Trainer:
         self.rollout_returns.clear()
 
     def evaluate(self) -> dict[str, Any]:
-        from learner.evaluate import policy_from, run_episodes
+        from mamql.learner.evaluate import policy_from, run_episodes
 
         out = {}
         for mode in ("greedy", "sample"):
@@ -119,7 +124,7 @@ class Trainer:
         return out
 
     def checkpoint(self) -> Path:
-        from learner.updater import save_checkpoint
+        from mamql.learner.updater import save_checkpoint
 
         path = self.ckpt_dir / f"learner_{self.updater.step:08d}.pt"
         save_checkpoint(path, self.updater, {
@@ -197,8 +202,8 @@ class Trainer:
 
 
 def train(config: Config, demos: Mapping[str, np.ndarray], run_dir: str | Path | None = None, resume: bool = False,
-          steps: int | None = None, progress: bool = True) -> dict[str, Any]:
-    trainer = Trainer(config, demos, run_dir, resume=resume, progress=progress)
+          steps: int | None = None, progress: bool = True, demos_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    trainer = Trainer(config, demos, run_dir, resume=resume, progress=progress, demos_meta=demos_meta)
     try:
         return trainer.train(steps)
     finally:

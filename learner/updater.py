@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from learner.losses import bc_loss, gather_actions, iqlma_loss, mamql_loss
-from learner.networks import build_critics, build_joint_critics, forward_current_next
-from learner.policy import flatten_weights
+from mamql.learner.losses import bc_loss, gather_actions, iqlma_loss, mamql_loss
+from mamql.learner.networks import build_critics, build_joint_critics, forward_current_next
+from mamql.learner.policy import flatten_weights
 
 ALGOS = ("mamql", "iqlma", "bc")
 # L2 weight decay from the paper per env (Gems 1e-5; Overcooked/kitchen and the rest 1e-4).
@@ -82,9 +82,8 @@ class Updater:
         self.weight_decay = default_weight_decay(spec.name) if wd < 0 else wd
         torch.manual_seed(seed)  # initial weights are a function of the seed
         build = build_joint_critics if algo == "iqlma" else build_critics
-        self.critics: dict[str, nn.Module] = {
-            a: m.to(self.device) for a, m in build(spec, tuple(config.hidden) or None).items()
-        }
+        critics = build(spec, tuple(config.hidden) or None, getattr(config, "network", "default"))
+        self.critics: dict[str, nn.Module] = {a: m.to(self.device) for a, m in critics.items()}
         # learner.torch_compile: training forwards go through torch.compile'd views of the critics; they
         # share the parameters, so checkpoints, weight publishing and evaluation use the plain modules
         compile_ = bool(getattr(config, "torch_compile", False))
@@ -98,7 +97,7 @@ class Updater:
         self.perms: Tensor | None = None  # learner.augment=symmetry: action permutations [8, A]
         augment = getattr(config, "augment", "none")
         if augment == "symmetry":
-            from envs.symmetry import env_symmetries
+            from mamql.envs.symmetry import env_symmetries
 
             perms = env_symmetries(spec.name)
             if perms is None:
@@ -164,7 +163,7 @@ class Updater:
     def _augmented(self, expert: Mapping[str, np.ndarray | Tensor]) -> dict[str, Tensor]:
         """The expert rows, each under one of the grid's 8 symmetries drawn from self.rng (so a
         resumed run draws the same ones)."""
-        from envs.symmetry import TRANSFORMS, augment_batch
+        from mamql.envs.symmetry import TRANSFORMS, augment_batch
 
         keys = [f"{k}/{a}" for a in self.agents for k in ("obs", "next_obs", "action")]
         batch = {k: self._tensor(expert[k]) for k in keys}
@@ -175,7 +174,7 @@ class Updater:
         logs: dict[str, float] = {}
         for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
             agent = self.agents[i]
-            critic, opt = self.critics[agent], self.optimizers[agent]
+            opt = self.optimizers[agent]
             logits = self.forwards[agent](self._tensor(expert[f"obs/{agent}"]))
             actions = self._tensor(expert[f"action/{agent}"], torch.long)
             loss = bc_loss(logits, actions)
@@ -234,7 +233,7 @@ def make_updater(spec: Any, learner_config: Any, device: str | torch.device | No
     learner_config.fast: the batched all-agents step (learner.fast) when the agents' shapes match,
     else this plain Updater."""
     if getattr(learner_config, "fast", False):
-        from learner.fast import FastUpdater, fast_supported
+        from mamql.learner.fast import FastUpdater, fast_supported
 
         ok, why = fast_supported(spec, learner_config)
         if ok:
@@ -261,7 +260,7 @@ def save_checkpoint(path: str | Path, updater: Updater, extra: Mapping[str, Any]
 def read_checkpoint(path: str | Path) -> dict:
     """The raw checkpoint dict ({"updater", "extra"}), loaded with weights_only=True on CPU; a
     missing or corrupt file is a learner.checkpoint.CheckpointError naming it."""
-    from learner.checkpoint import read_torch_checkpoint
+    from mamql.learner.checkpoint import read_torch_checkpoint
 
     return read_torch_checkpoint(path)
 

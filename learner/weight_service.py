@@ -21,7 +21,7 @@ import numpy as np
 from mamql.codec import CodecError
 from mamql.metrics import Counter, Gauge, Histogram
 from mamql.weights import WeightAssembler, split_weights
-from protos import weights_pb2, weights_pb2_grpc
+from mamql.protos import weights_pb2, weights_pb2_grpc
 
 log = logging.getLogger("mamql.weights")
 

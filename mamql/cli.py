@@ -16,15 +16,15 @@ import mamql
 # Modules that register subcommands, in the order `mamql --help` lists them.
 COMMAND_MODULES = [
     "mamql.commands",
-    "envs.cli",
-    "replay.cli",
-    "actors.cli",
-    "learner.cli",
-    "learner.service_cli",
+    "mamql.envs.cli",
+    "mamql.replay.cli",
+    "mamql.actors.cli",
+    "mamql.learner.cli",
+    "mamql.learner.service_cli",
     "mamql.local",
-    "actors.collect_cli",
-    "replay.dataset_cli",
-    "experiments.cli",
+    "mamql.actors.collect_cli",
+    "mamql.replay.dataset_cli",
+    "mamql.experiments.cli",
 ]
 
 
@@ -78,14 +78,19 @@ def check_args(args: argparse.Namespace) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     env = getattr(args, "env", None)
     if isinstance(env, str):
-        from envs.registry import canonical_name
+        from mamql.envs.registry import canonical_name
 
         try:
             canonical_name(env)
         except KeyError as exc:
             raise InputError(f"--env: {exc.args[0]}") from None
+        expert = getattr(args, "expert", None)
+        if isinstance(expert, str) and not getattr(args, "demos", None):  # commands that run an expert
+            from mamql.envs.experts import check_expert
+
+            check_expert(env, expert)
     if getattr(args, "demos", None):
-        from learner.demos import check_demos
+        from mamql.learner.demos import check_demos
 
         check_demos(args.demos)
     checkpoint = getattr(args, "checkpoint", None)
@@ -109,7 +114,8 @@ def default_run_name(config, prefix: str) -> str:
     if config.run.name != "default":
         return config.run.name
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return f"{prefix}-{config.env.name.replace('/', '-')}-{stamp}-{secrets.token_hex(3)}"
+    env = config.env.name.replace("/", "-").replace(":", "-")  # module:Class specs too
+    return f"{prefix}-{env}-{stamp}-{secrets.token_hex(3)}"
 
 
 def make_run_dir(config, prefix: str, resume: bool = False):

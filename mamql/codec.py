@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from mamql.batch import METADATA_FIELDS, PER_AGENT_FIELDS, SHARED_FIELDS, Batch, batch_size
-from protos import tensor_pb2
+from mamql.protos import tensor_pb2
 
 # dtype name -> bytes per element. bfloat16 has no numpy dtype: it decodes as raw uint16 words
 # (torch code reinterprets them), so weights can travel in half the bytes.

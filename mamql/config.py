@@ -42,9 +42,11 @@ class TableConfig:
 
 @dataclass(frozen=True)
 class EnvConfig:
+    # a built-in (`mamql envs list`), a `mamql.envs` entry-point name, or your own PettingZoo
+    # ParallelEnv as `package.module:ClassOrFactory` (docs/environments.md)
     name: str = "gems"
     seed: int = 0
-    kwargs: dict = field(default_factory=dict)  # passed to envs.make
+    kwargs: dict = field(default_factory=dict)  # passed to the env's class or factory (envs.make)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,11 @@ class LearnerConfig:
     gamma: float = 0.99
     alpha: float = 1.0  # Boltzmann temperature of the loss; actors sample at it too (sent with the weights)
     weight_decay: float = -1.0  # < 0 = the env's default from the paper
-    hidden: tuple[int, ...] = ()  # () = the env's default architecture
+    # critic architecture: default = conv trunk + MLP head for (C, H, W) planes, MLP for anything else;
+    # mlp = flatten + MLP for any shape; linear = one Linear(obs -> actions) layer, a Q table on one-hot
+    # observations (hidden must stay empty). learner.networks
+    network: str = "default"  # default | mlp | linear
+    hidden: tuple[int, ...] = ()  # MLP widths; () = the default widths for the observation shape
     # the reference code's objective (ma-mql `mamql_online`): value term on online rows, chi^2 on
     # expert rows only. IQ-Learn's `value` + chi^2 on policy samples halved Gems returns (docs/results.md)
     value_term: str = "online"  # online | value | expert | v0 (see learner.losses.mamql_loss)
@@ -307,6 +313,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 ALGOS = ("mamql", "iqlma", "bc")  # learner.updater.ALGOS (not imported here: it pulls in torch)
 ACTOR_MODES = ("learned", "expert", "random")
 EXPERTS = ("scripted", "random")
+NETWORKS = ("default", "mlp", "linear")  # learner.networks.NETWORKS
 
 
 def validate(config: Config) -> Config:
@@ -316,8 +323,8 @@ def validate(config: Config) -> Config:
     one error line rather than a traceback from a child process minutes later."""
     import logging
 
-    from envs.registry import canonical_name
-    from replay.sampler import SAMPLERS
+    from mamql.envs.registry import canonical_name
+    from mamql.replay.sampler import SAMPLERS
 
     problems: list[str] = []
 
@@ -325,12 +332,25 @@ def validate(config: Config) -> Config:
         if not ok:
             problems.append(message)
 
+    learner, actor = config.learner, config.actor
     try:
         canonical_name(config.env.name)
     except KeyError as exc:
         problems.append(f"env.name: {exc.args[0]}")
-    learner, actor = config.learner, config.actor
+    else:
+        if actor.mode == "expert" and actor.expert in EXPERTS:
+            from mamql.envs.experts import NoExpertError, check_expert
+
+            try:
+                check_expert(config.env.name, actor.expert)
+            except NoExpertError as exc:
+                problems.append(f"actor.expert: {exc}")
+    need(learner.network in NETWORKS, f"learner.network must be one of {', '.join(NETWORKS)}, got {learner.network!r}")
+    need(learner.network != "linear" or not learner.hidden,
+         f"learner.network=linear has no hidden layers: leave learner.hidden empty, got {list(learner.hidden)}")
     need(learner.steps >= 0, f"learner.steps must be >= 0, got {learner.steps}")
+    need(0.0 < learner.gamma <= 1.0, f"learner.gamma must be in (0, 1], got {learner.gamma}")
+    need(learner.alpha > 0.0, f"learner.alpha must be > 0, got {learner.alpha}")
     need(learner.algo in ALGOS, f"learner.algo must be one of {', '.join(ALGOS)}, got {learner.algo!r}")
     need(learner.batch_size >= 1, f"learner.batch_size must be >= 1, got {learner.batch_size}")
     need(learner.expert_transitions >= 1, f"learner.expert_transitions must be >= 1, got {learner.expert_transitions}")

@@ -41,8 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-envs", type=int, default=None, help="env copies per actor (actor.num_envs)")
     p.add_argument("--steps", type=int, default=None, help="learner updates (learner.steps)")
     p.add_argument("--algo", default=None, choices=["mamql", "iqlma", "bc"], help="learner.algo")
+    p.add_argument("--gamma", type=float, default=None, help="the discount (learner.gamma)")
     p.add_argument("--demos", default=None, metavar="PATH", help="expert demos; default: collect them first")
     p.add_argument("--expert-transitions", type=int, default=20_000, help="demos to collect when --demos is absent")
+    p.add_argument("--expert", choices=["scripted", "random"], default="scripted",
+                   help="who plays the demos collected when --demos is absent (scripted: envs that have one)")
     p.add_argument("--run-name", default=None, help="run directory name under run.root (default: a new unique one)")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue run RUN (a name under run.root, or its directory) with its config.yaml and "
@@ -139,7 +142,7 @@ def write_process_table(sup: Supervisor, path: Path) -> None:
 
 
 FLAGS = {"env": "env.name", "num_envs": "actor.num_envs", "steps": "learner.steps", "algo": "learner.algo",
-         "run_name": "run.name"}
+         "run_name": "run.name", "gamma": "learner.gamma"}
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
@@ -174,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     saved = read_run_info(run_dir) if args.resume else {}
     actors = args.actors if args.actors is not None else saved.get("actors", 2)
     return run_system(config, actors, args.demos or saved.get("demos"), args.expert_transitions, stop,
-                      args.status_every, resume=bool(args.resume), max_actor_restarts=args.max_actor_restarts)
+                      args.status_every, resume=bool(args.resume), max_actor_restarts=args.max_actor_restarts,
+                      expert=args.expert)
 
 
 def read_run_info(run_dir: Path) -> dict:
@@ -194,11 +198,11 @@ def say(text: str, file=None) -> None:
 
 
 def collect_demos_process(sup: Supervisor, env: str, transitions: int, out: str, stop: threading.Event,
-                          seed: int = 0) -> int:
+                          seed: int = 0, expert: str = "scripted") -> int:
     """`mamql demos collect` as a child process; returns its exit code (130 when stopped)."""
     say(f"collecting {transitions} expert transitions -> {out}")
     child = sup.start("collect", ["demos", "collect", "--env", env, "--transitions", str(transitions),
-                                  "--out", out, "--seed", str(seed)])
+                                  "--out", out, "--seed", str(seed), "--expert", expert])
     while child.popen.poll() is None:
         if stop.wait(0.2):
             sup.stop(["collect"])
@@ -218,7 +222,7 @@ def last_env_steps(status_path: Path) -> float:
 
 def run_system(config: Config, actors: int, demos: str | None, expert_transitions: int,
                stop: threading.Event, status_every: float = 2.0, quiet: bool = False, resume: bool = False,
-               max_actor_restarts: int = MAX_ACTOR_RESTARTS) -> int:
+               max_actor_restarts: int = MAX_ACTOR_RESTARTS, expert: str = "scripted") -> int:
     """Replay + learner + `actors` actor processes until the learner finishes or `stop` is set.
 
     Writes runs/<name>/ (config.yaml, local.json, status.jsonl, processes.json, logs/; the learner
@@ -226,8 +230,8 @@ def run_system(config: Config, actors: int, demos: str | None, expert_transition
     when every process ended cleanly. Call it from a thread that lives until it returns: the
     children die with that thread (Supervisor).
     """
-    from protos.rpc import Security
-    from replay.server import default_checkpoint_dir
+    from mamql.protos.rpc import Security
+    from mamql.replay.server import default_checkpoint_dir
 
     log = logging.getLogger("mamql.local")
     run_dir = Path(config.run.root) / config.run.name
@@ -240,7 +244,7 @@ def run_system(config: Config, actors: int, demos: str | None, expert_transition
     if not demos:
         demos = str(run_dir / "demos.npz")
         if not Path(demos).exists():
-            code = collect_demos_process(sup, config.env.name, expert_transitions, demos, stop, config.run.seed)
+            code = collect_demos_process(sup, config.env.name, expert_transitions, demos, stop, config.run.seed, expert)
             if code != 0:
                 return code if code == 130 else 1
     (run_dir / "local.json").write_text(json.dumps({"actors": actors, "demos": str(Path(demos).resolve())}))

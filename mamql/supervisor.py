@@ -79,7 +79,7 @@ def grpc_serving(security=None, timeout: float = 2.0) -> Callable[[str], bool]:
     """A readiness check for `Supervisor.wait_ready`: the server at an address answers grpc.health.v1
     SERVING (over TLS when `security` has a CA). A TCP connect is not enough: it succeeds against
     whatever listens on the port, and before the service is registered."""
-    from protos.rpc import health_check
+    from mamql.protos.rpc import health_check
 
     return lambda address: health_check(address, timeout=timeout, security=security)
 

@@ -20,7 +20,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from mamql.codec import ITEMSIZE, CodecError, decode_tensor, encode_tensor
-from protos import weights_pb2
+from mamql.protos import weights_pb2
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Regenerate the committed Python code from the .proto files: `python -m protos.generate [OUT_DIR]`.
+"""Regenerate the committed Python code from the .proto files: `python -m mamql.protos.generate [OUT_DIR]`.
 
 Generated code is committed so users need no protoc; tests/protos checks it is up to date.
 Needs grpcio-tools (the `dev` extra) at the version pinned there.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-PROTO_FILES = ("protos/tensor.proto", "protos/replay.proto", "protos/weights.proto")
-SERVICE_FILES = ("protos/replay.proto", "protos/weights.proto")
+PROTO_FILES = ("mamql/protos/tensor.proto", "mamql/protos/replay.proto", "mamql/protos/weights.proto")
+SERVICE_FILES = ("mamql/protos/replay.proto", "mamql/protos/weights.proto")
 ROOT = Path(__file__).resolve().parent.parent
 
 

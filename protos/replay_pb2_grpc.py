@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import replay_pb2 as protos_dot_replay__pb2
+from mamql.protos import replay_pb2 as mamql_dot_protos_dot_replay__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/replay_pb2_grpc.py depends on'
+        + ' but the generated code in mamql/protos/replay_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,23 +36,23 @@ class ReplayServiceStub:
         """
         self.Insert = channel.stream_stream(
                 '/mamql.v1.ReplayService/Insert',
-                request_serializer=protos_dot_replay__pb2.InsertRequest.SerializeToString,
-                response_deserializer=protos_dot_replay__pb2.InsertAck.FromString,
+                request_serializer=mamql_dot_protos_dot_replay__pb2.InsertRequest.SerializeToString,
+                response_deserializer=mamql_dot_protos_dot_replay__pb2.InsertAck.FromString,
                 _registered_method=True)
         self.Sample = channel.unary_stream(
                 '/mamql.v1.ReplayService/Sample',
-                request_serializer=protos_dot_replay__pb2.SampleRequest.SerializeToString,
-                response_deserializer=protos_dot_replay__pb2.SampleResponse.FromString,
+                request_serializer=mamql_dot_protos_dot_replay__pb2.SampleRequest.SerializeToString,
+                response_deserializer=mamql_dot_protos_dot_replay__pb2.SampleResponse.FromString,
                 _registered_method=True)
         self.Info = channel.unary_unary(
                 '/mamql.v1.ReplayService/Info',
-                request_serializer=protos_dot_replay__pb2.InfoRequest.SerializeToString,
-                response_deserializer=protos_dot_replay__pb2.InfoResponse.FromString,
+                request_serializer=mamql_dot_protos_dot_replay__pb2.InfoRequest.SerializeToString,
+                response_deserializer=mamql_dot_protos_dot_replay__pb2.InfoResponse.FromString,
                 _registered_method=True)
         self.Checkpoint = channel.unary_unary(
                 '/mamql.v1.ReplayService/Checkpoint',
-                request_serializer=protos_dot_replay__pb2.CheckpointRequest.SerializeToString,
-                response_deserializer=protos_dot_replay__pb2.CheckpointResponse.FromString,
+                request_serializer=mamql_dot_protos_dot_replay__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=mamql_dot_protos_dot_replay__pb2.CheckpointResponse.FromString,
                 _registered_method=True)
 
 
@@ -93,23 +93,23 @@ def add_ReplayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Insert': grpc.stream_stream_rpc_method_handler(
                     servicer.Insert,
-                    request_deserializer=protos_dot_replay__pb2.InsertRequest.FromString,
-                    response_serializer=protos_dot_replay__pb2.InsertAck.SerializeToString,
+                    request_deserializer=mamql_dot_protos_dot_replay__pb2.InsertRequest.FromString,
+                    response_serializer=mamql_dot_protos_dot_replay__pb2.InsertAck.SerializeToString,
             ),
             'Sample': grpc.unary_stream_rpc_method_handler(
                     servicer.Sample,
-                    request_deserializer=protos_dot_replay__pb2.SampleRequest.FromString,
-                    response_serializer=protos_dot_replay__pb2.SampleResponse.SerializeToString,
+                    request_deserializer=mamql_dot_protos_dot_replay__pb2.SampleRequest.FromString,
+                    response_serializer=mamql_dot_protos_dot_replay__pb2.SampleResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
-                    request_deserializer=protos_dot_replay__pb2.InfoRequest.FromString,
-                    response_serializer=protos_dot_replay__pb2.InfoResponse.SerializeToString,
+                    request_deserializer=mamql_dot_protos_dot_replay__pb2.InfoRequest.FromString,
+                    response_serializer=mamql_dot_protos_dot_replay__pb2.InfoResponse.SerializeToString,
             ),
             'Checkpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.Checkpoint,
-                    request_deserializer=protos_dot_replay__pb2.CheckpointRequest.FromString,
-                    response_serializer=protos_dot_replay__pb2.CheckpointResponse.SerializeToString,
+                    request_deserializer=mamql_dot_protos_dot_replay__pb2.CheckpointRequest.FromString,
+                    response_serializer=mamql_dot_protos_dot_replay__pb2.CheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,8 +137,8 @@ class ReplayService:
             request_iterator,
             target,
             '/mamql.v1.ReplayService/Insert',
-            protos_dot_replay__pb2.InsertRequest.SerializeToString,
-            protos_dot_replay__pb2.InsertAck.FromString,
+            mamql_dot_protos_dot_replay__pb2.InsertRequest.SerializeToString,
+            mamql_dot_protos_dot_replay__pb2.InsertAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -164,8 +164,8 @@ class ReplayService:
             request,
             target,
             '/mamql.v1.ReplayService/Sample',
-            protos_dot_replay__pb2.SampleRequest.SerializeToString,
-            protos_dot_replay__pb2.SampleResponse.FromString,
+            mamql_dot_protos_dot_replay__pb2.SampleRequest.SerializeToString,
+            mamql_dot_protos_dot_replay__pb2.SampleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -191,8 +191,8 @@ class ReplayService:
             request,
             target,
             '/mamql.v1.ReplayService/Info',
-            protos_dot_replay__pb2.InfoRequest.SerializeToString,
-            protos_dot_replay__pb2.InfoResponse.FromString,
+            mamql_dot_protos_dot_replay__pb2.InfoRequest.SerializeToString,
+            mamql_dot_protos_dot_replay__pb2.InfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -218,8 +218,8 @@ class ReplayService:
             request,
             target,
             '/mamql.v1.ReplayService/Checkpoint',
-            protos_dot_replay__pb2.CheckpointRequest.SerializeToString,
-            protos_dot_replay__pb2.CheckpointResponse.FromString,
+            mamql_dot_protos_dot_replay__pb2.CheckpointRequest.SerializeToString,
+            mamql_dot_protos_dot_replay__pb2.CheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import weights_pb2 as protos_dot_weights__pb2
+from mamql.protos import weights_pb2 as mamql_dot_protos_dot_weights__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/weights_pb2_grpc.py depends on'
+        + ' but the generated code in mamql/protos/weights_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class WeightServiceStub:
         """
         self.Publish = channel.stream_unary(
                 '/mamql.v1.WeightService/Publish',
-                request_serializer=protos_dot_weights__pb2.WeightChunk.SerializeToString,
-                response_deserializer=protos_dot_weights__pb2.PublishResponse.FromString,
+                request_serializer=mamql_dot_protos_dot_weights__pb2.WeightChunk.SerializeToString,
+                response_deserializer=mamql_dot_protos_dot_weights__pb2.PublishResponse.FromString,
                 _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/mamql.v1.WeightService/Subscribe',
-                request_serializer=protos_dot_weights__pb2.SubscribeRequest.SerializeToString,
-                response_deserializer=protos_dot_weights__pb2.WeightChunk.FromString,
+                request_serializer=mamql_dot_protos_dot_weights__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=mamql_dot_protos_dot_weights__pb2.WeightChunk.FromString,
                 _registered_method=True)
         self.GetLatest = channel.unary_stream(
                 '/mamql.v1.WeightService/GetLatest',
-                request_serializer=protos_dot_weights__pb2.GetLatestRequest.SerializeToString,
-                response_deserializer=protos_dot_weights__pb2.WeightChunk.FromString,
+                request_serializer=mamql_dot_protos_dot_weights__pb2.GetLatestRequest.SerializeToString,
+                response_deserializer=mamql_dot_protos_dot_weights__pb2.WeightChunk.FromString,
                 _registered_method=True)
 
 
@@ -81,18 +81,18 @@ def add_WeightServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Publish': grpc.stream_unary_rpc_method_handler(
                     servicer.Publish,
-                    request_deserializer=protos_dot_weights__pb2.WeightChunk.FromString,
-                    response_serializer=protos_dot_weights__pb2.PublishResponse.SerializeToString,
+                    request_deserializer=mamql_dot_protos_dot_weights__pb2.WeightChunk.FromString,
+                    response_serializer=mamql_dot_protos_dot_weights__pb2.PublishResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
-                    request_deserializer=protos_dot_weights__pb2.SubscribeRequest.FromString,
-                    response_serializer=protos_dot_weights__pb2.WeightChunk.SerializeToString,
+                    request_deserializer=mamql_dot_protos_dot_weights__pb2.SubscribeRequest.FromString,
+                    response_serializer=mamql_dot_protos_dot_weights__pb2.WeightChunk.SerializeToString,
             ),
             'GetLatest': grpc.unary_stream_rpc_method_handler(
                     servicer.GetLatest,
-                    request_deserializer=protos_dot_weights__pb2.GetLatestRequest.FromString,
-                    response_serializer=protos_dot_weights__pb2.WeightChunk.SerializeToString,
+                    request_deserializer=mamql_dot_protos_dot_weights__pb2.GetLatestRequest.FromString,
+                    response_serializer=mamql_dot_protos_dot_weights__pb2.WeightChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -120,8 +120,8 @@ class WeightService:
             request_iterator,
             target,
             '/mamql.v1.WeightService/Publish',
-            protos_dot_weights__pb2.WeightChunk.SerializeToString,
-            protos_dot_weights__pb2.PublishResponse.FromString,
+            mamql_dot_protos_dot_weights__pb2.WeightChunk.SerializeToString,
+            mamql_dot_protos_dot_weights__pb2.PublishResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -147,8 +147,8 @@ class WeightService:
             request,
             target,
             '/mamql.v1.WeightService/Subscribe',
-            protos_dot_weights__pb2.SubscribeRequest.SerializeToString,
-            protos_dot_weights__pb2.WeightChunk.FromString,
+            mamql_dot_protos_dot_weights__pb2.SubscribeRequest.SerializeToString,
+            mamql_dot_protos_dot_weights__pb2.WeightChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -174,8 +174,8 @@ class WeightService:
             request,
             target,
             '/mamql.v1.WeightService/GetLatest',
-            protos_dot_weights__pb2.GetLatestRequest.SerializeToString,
-            protos_dot_weights__pb2.WeightChunk.FromString,
+            mamql_dot_protos_dot_weights__pb2.GetLatestRequest.SerializeToString,
+            mamql_dot_protos_dot_weights__pb2.WeightChunk.FromString,
             options,
             channel_credentials,
             insecure,

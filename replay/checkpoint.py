@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replay.table import ALLOWED_DTYPES
+from mamql.replay.table import ALLOWED_DTYPES
 
 FORMAT = "mamql-replay-checkpoint"
 VERSION = 1

@@ -24,11 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from mamql.cli import config_from_args
     from mamql.log import setup_logging
     from mamql.portfile import write_port_file
-    from replay.server import ReplayServer
+    from mamql.replay.server import ReplayServer
 
     import sys
 
-    from replay.checkpoint import CheckpointError
+    from mamql.replay.checkpoint import CheckpointError
 
     config = config_from_args(args)
     log = setup_logging("replay", config.run.log_level)

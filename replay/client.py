@@ -15,10 +15,10 @@ import numpy as np
 
 from mamql.batch import BatchError
 from mamql.codec import CodecError, decode_batch, decode_tensor, encode_batch
-from protos import replay_pb2, replay_pb2_grpc
-from protos.rpc import Security, make_channel
-from replay.errors import InvalidArgument, ReplayError, from_code
-from replay.interface import Sample, TableInfo
+from mamql.protos import replay_pb2, replay_pb2_grpc
+from mamql.protos.rpc import Security, make_channel
+from mamql.replay.errors import InvalidArgument, ReplayError, from_code
+from mamql.replay.interface import Sample, TableInfo
 
 RPC_SLACK_S = 5.0  # network allowance on top of the server-side wait
 DEFAULT_RPC_TIMEOUT_S = 120.0
@@ -136,5 +136,5 @@ class ReplayClient:
         self.close()
 
 
-from replay.stream import SampleStream  # noqa: E402  (re-exported)
-from replay.writer import ReplayWriter  # noqa: E402  (re-exported)
+from mamql.replay.stream import SampleStream  # noqa: E402  (re-exported)
+from mamql.replay.writer import ReplayWriter  # noqa: E402  (re-exported)

@@ -25,7 +25,8 @@ import numpy as np
 FORMAT = "mamql-dataset"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-# Per-transition fields every shard holds besides the per-agent obs/action/reward/next_obs.
+# Per-transition fields every shard holds besides the per-agent obs/action/next_obs (and reward,
+# which is optional: demonstrations for inverse RL may carry none; training never reads it).
 SHARED_SCHEMA = {
     "done": ("bool", ()),
     "truncated": ("bool", ()),
@@ -41,15 +42,17 @@ class DatasetError(ValueError):
     """A dataset that is missing, malformed, or fails verification."""
 
 
-def dataset_schema(spec) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Field -> (dtype, per-row shape) for an envs.registry.EnvSpec (or its dict form)."""
+def dataset_schema(spec, rewards: bool = True) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Field -> (dtype, per-row shape) for an envs.registry.EnvSpec (or its dict form); without
+    `rewards` the reward/<agent> fields are left out."""
     s = spec if isinstance(spec, Mapping) else spec_to_dict(spec)
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
     for a in s["agents"]:
         shape = tuple(s["obs_shape"][a])
         out[f"obs/{a}"] = (s["obs_dtype"][a], shape)
         out[f"action/{a}"] = ("int64", ())
-        out[f"reward/{a}"] = ("float32", ())
+        if rewards:
+            out[f"reward/{a}"] = ("float32", ())
         out[f"next_obs/{a}"] = (s["obs_dtype"][a], shape)
     out.update(SHARED_SCHEMA)
     return out
@@ -132,7 +135,7 @@ def summarize_returns(shards: list[dict], agents: list[str]) -> dict[str, dict[s
     """mean/std/min/max of per-episode returns, per agent, over the shards' return sums."""
     out = {}
     for a in agents:
-        parts = [s["returns"][a] for s in shards]
+        parts = [s["returns"][a] for s in shards if a in s["returns"]]  # none for reward-less shards
         n = sum(p["count"] for p in parts)
         if not n:
             out[a] = {"episodes": 0, "mean": None, "std": None, "min": None, "max": None}
@@ -184,8 +187,10 @@ class DatasetWriter:
 
     @classmethod
     def open(cls, path: str | Path, env: Mapping[str, Any], resume: bool = False,
-             shard_transitions: int = 10_000, info: Mapping[str, Any] | None = None) -> "DatasetWriter":
-        """`env` = {"name", "kwargs", "spec"}; `info` = expert/collection descriptions (kept on resume)."""
+             shard_transitions: int = 10_000, info: Mapping[str, Any] | None = None,
+             rewards: bool = True) -> "DatasetWriter":
+        """`env` = {"name", "kwargs", "spec"}; `info` = expert/collection descriptions (kept on resume);
+        `rewards` False: shards without reward/<agent> fields (and no return statistics)."""
         path = Path(path)
         if is_dataset(path):
             if not resume:
@@ -208,7 +213,7 @@ class DatasetWriter:
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "env": dict(env),
-            "schema": {k: [d, list(s)] for k, (d, s) in dataset_schema(spec).items()},
+            "schema": {k: [d, list(s)] for k, (d, s) in dataset_schema(spec, rewards).items()},
             **dict(info or {}),
             "complete": False,
             "counts": {"transitions": 0, "episodes": 0, "shards": 0},
@@ -258,7 +263,8 @@ class DatasetWriter:
         name = f"shard-{index:06d}.npz"
         tmp = self.path / f"{name}.tmp"
         write_npz(tmp, self._buffer, self.manifest["schema"])
-        returns = {a: np.array([e[f"reward/{a}"].sum(dtype=np.float64) for e in self._buffer]) for a in self.agents}
+        returns = {a: np.array([e[f"reward/{a}"].sum(dtype=np.float64) for e in self._buffer])
+                   for a in self.agents if f"reward/{a}" in self.manifest["schema"]}
         shard = {
             "file": name,
             "transitions": self._buffered_rows,

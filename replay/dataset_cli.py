@@ -1,4 +1,5 @@
-"""`mamql dataset info|verify PATH`: inspect and check a demo dataset written by `mamql collect`."""
+"""`mamql dataset info|verify PATH`: inspect and check a demo dataset written by `mamql collect`;
+`mamql dataset import IN.npz --env ENV --out OUT`: bring a user's own demonstration arrays in."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("dataset", help="inspect (info) or check (verify) a demo dataset directory")
+    p = sub.add_parser("dataset", help="inspect (info), check (verify) or import a demo dataset")
     cmds = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
     info = cmds.add_parser("info", help="counts, returns and specs from the manifest")
     info.add_argument("path")
@@ -17,10 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify = cmds.add_parser("verify", help="checksums, schema and episode integrity of every shard")
     verify.add_argument("path")
     verify.set_defaults(func=run_verify)
+    imp = cmds.add_parser("import", help="validate a plain .npz of your own demos and write mamql demos "
+                          "(per agent obs/, action/, next_obs/, optional reward/; done, truncated: docs/datasets.md)")
+    imp.add_argument("input", metavar="IN.npz")
+    imp.add_argument("--env", required=True, help="the env the demos were played in (checked against its spaces)")
+    imp.add_argument("--out", required=True, help="a new .npz file (demos) or a new dataset directory")
+    imp.add_argument("--gamma", type=float, default=None, help="the discount the demos were made for (recorded; "
+                     "the learner warns when its learner.gamma differs)")
+    imp.set_defaults(func=run_import)
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from replay.dataset import DatasetError, read_manifest
+    from mamql.replay.dataset import DatasetError, read_manifest
 
     try:
         m = read_manifest(args.path)
@@ -47,7 +56,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from replay.dataset import verify_dataset
+    from mamql.replay.dataset import verify_dataset
 
     report = verify_dataset(args.path)
     for error in report.errors:
@@ -58,3 +67,38 @@ def run_verify(args: argparse.Namespace) -> int:
         return 0
     print(f"verify failed: {len(report.errors)} problem(s) in {args.path}", file=sys.stderr)
     return 1
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Every problem is one line on stderr, exit 2, nothing written; else one JSON line."""
+    from pathlib import Path
+
+    from mamql.envs import env_spec
+    from mamql.learner.demos import save_demos
+    from mamql.replay.dataset_import import normalise, output_problem, read_npz, validate, write_dataset
+
+    out = Path(args.out)
+    problems = [p for p in [output_problem(out)] if p]
+    if args.gamma is not None and not 0.0 < args.gamma <= 1.0:
+        problems.append(f"--gamma must be in (0, 1], got {args.gamma}")
+    arrays, read_problems = read_npz(args.input)
+    problems += read_problems
+    spec = env_spec(args.env)
+    if arrays:
+        problems += validate(arrays, spec, contiguous=out.suffix != ".npz")
+    if problems:
+        for p in problems:
+            print(f"mamql dataset import: {args.input}: {p}", file=sys.stderr)
+        return 2
+    batch = normalise(arrays, spec)
+    info = {"source": {"import": str(Path(args.input).resolve())}, "expert": {"kind": "imported"},
+            **({"gamma": args.gamma} if args.gamma is not None else {})}
+    if out.suffix == ".npz":
+        save_demos(out, batch, {"env": spec.name, "env_kwargs": {}, "transitions": len(batch["done"]), **info})
+        episodes = int((batch["done"] | batch["truncated"]).sum())
+    else:
+        episodes = write_dataset(out, batch, spec, {}, info)["counts"]["episodes"]
+    rewards = all(f"reward/{a}" in batch for a in spec.agents)
+    print(json.dumps({"out": str(out), "env": spec.name, "transitions": len(batch["done"]), "episodes": episodes,
+                      "rewards": rewards, "gamma": args.gamma}))
+    return 0

@@ -7,10 +7,10 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from mamql.config import ReplayConfig, TableConfig
-from replay.errors import ReplayError, TableNotFound
-from replay.interface import Sample, TableInfo
-from replay.metrics import ReplayMetrics
-from replay.table import Table
+from mamql.replay.errors import ReplayError, TableNotFound
+from mamql.replay.interface import Sample, TableInfo
+from mamql.replay.metrics import ReplayMetrics
+from mamql.replay.table import Table
 
 
 class LocalReplay:

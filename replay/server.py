@@ -18,11 +18,11 @@ import numpy as np
 from mamql.codec import CodecError, decode_batch, encode_batch, encode_tensor
 from mamql.config import Config
 from mamql.metrics import MetricsServer, new_registry
-from protos import replay_pb2, replay_pb2_grpc
-from protos.rpc import Security, bind, make_server, set_serving
-from replay import checkpoint
-from replay.errors import DeadlineExceeded, InvalidArgument, ReplayError, ResourceExhausted, Unavailable
-from replay.local import LocalReplay
+from mamql.protos import replay_pb2, replay_pb2_grpc
+from mamql.protos.rpc import Security, bind, make_server, set_serving
+from mamql.replay import checkpoint
+from mamql.replay.errors import DeadlineExceeded, InvalidArgument, ReplayError, ResourceExhausted, Unavailable
+from mamql.replay.local import LocalReplay
 
 log = logging.getLogger("mamql.replay")
 SERVICE_NAME = "mamql.v1.ReplayService"

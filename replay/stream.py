@@ -13,10 +13,10 @@ import threading
 
 import grpc
 
-from protos import replay_pb2
-from replay.client import RETRYABLE, Backoff, decode_sample, from_rpc_error
-from replay.errors import DeadlineExceeded, ReplayError
-from replay.interface import Sample
+from mamql.protos import replay_pb2
+from mamql.replay.client import RETRYABLE, Backoff, decode_sample, from_rpc_error
+from mamql.replay.errors import DeadlineExceeded, ReplayError
+from mamql.replay.interface import Sample
 
 log = logging.getLogger("mamql.replay.stream")
 

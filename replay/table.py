@@ -16,12 +16,12 @@ import numpy as np
 from mamql.batch import BatchError, Schema, batch_size, check_schema, find_non_finite, schema_of
 from mamql.codec import ITEMSIZE
 from mamql.config import TableConfig
-from replay.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted,
+from mamql.replay.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted,
                            Unavailable)
-from replay.interface import Sample, TableInfo
-from replay.rate_limiter import RateLimiter
-from replay.sampler import make_sampler
-from replay.storage import RingStorage
+from mamql.replay.interface import Sample, TableInfo
+from mamql.replay.rate_limiter import RateLimiter
+from mamql.replay.sampler import make_sampler
+from mamql.replay.storage import RingStorage
 
 ALLOWED_DTYPES = frozenset(ITEMSIZE) - {"bfloat16"}
 

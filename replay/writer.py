@@ -21,8 +21,8 @@ from typing import Mapping
 import grpc
 import numpy as np
 
-from replay.client import RETRYABLE, Backoff, encode_request, from_rpc_error
-from replay.errors import DeadlineExceeded, ReplayError, Unavailable
+from mamql.replay.client import RETRYABLE, Backoff, encode_request, from_rpc_error
+from mamql.replay.errors import DeadlineExceeded, ReplayError, Unavailable
 
 log = logging.getLogger("mamql.replay.writer")
 

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 import pytest
 
-from learner.demos import collect_demos, save_demos
+from mamql.learner.demos import collect_demos, save_demos
 
 UNKNOWN_ENV = "unknown env 'nosuch'"
 
@@ -131,6 +131,13 @@ def test_negative_steps_flag(tmp_path, command, demos):
 def test_negative_steps_in_config(tmp_path, command):
     proc = mamql(tmp_path, command, "--set", "learner.steps=-5")
     assert_one_line_error(proc, command, "learner.steps must be >= 0, got -5")
+
+
+@pytest.mark.parametrize("override, message", [("learner.gamma=1.5", "learner.gamma must be in (0, 1], got 1.5"),
+                                               ("learner.alpha=0", "learner.alpha must be > 0, got 0.0")])
+def test_discount_and_temperature_out_of_range(tmp_path, override, message):
+    proc = mamql(tmp_path, "train", "--set", override)
+    assert_one_line_error(proc, "train", message)
 
 
 @pytest.mark.parametrize("command", ["local", "train", "replay", "learner", "collect"])

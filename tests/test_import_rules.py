@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORE_MODULES = ["mamql.config", "mamql.batch", "mamql.codec", "mamql.metrics", "mamql.log", "mamql.policy"]
 # What actors may take from learner/: network and policy definitions only.
-ACTOR_ALLOWED_FROM_LEARNER = {"learner", "learner.networks", "learner.policy"}
+ACTOR_ALLOWED_FROM_LEARNER = {"mamql.learner", "mamql.learner.networks", "mamql.learner.policy"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -42,8 +42,8 @@ def test_replay_never_imports_torch():
     assert sources, "replay/ has no modules"
     offenders = [str(p) for p in sources if any(m == "torch" or m.startswith("torch.") for m in imported_modules(p))]
     assert not offenders
-    modules = [f"replay.{p.stem}" for p in sources if p.stem != "__init__"]
-    loaded = loaded_after_import(", ".join(["replay"] + modules))
+    modules = [f"mamql.replay.{p.stem}" for p in sources if p.stem != "__init__"]
+    loaded = loaded_after_import(", ".join(["mamql.replay"] + modules))
     assert "torch" not in loaded
 
 
@@ -51,7 +51,7 @@ def test_actors_take_only_networks_and_policy_from_learner():
     offenders = []
     for path in sorted((ROOT / "actors").rglob("*.py")):
         for name in imported_modules(path):
-            if name.split(".")[0] != "learner":
+            if not (name == "mamql.learner" or name.startswith("mamql.learner.")):
                 continue
             module = name if name in ACTOR_ALLOWED_FROM_LEARNER else name.rsplit(".", 1)[0]
             if module not in ACTOR_ALLOWED_FROM_LEARNER:
@@ -61,6 +61,26 @@ def test_actors_take_only_networks_and_policy_from_learner():
 
 def test_rule_checker_detects_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import torch\nfrom learner.trainer import Trainer\n")
+    bad.write_text("import torch\nfrom mamql.learner.trainer import Trainer\n")
     names = imported_modules(bad)
-    assert "torch" in names and "learner.trainer" in names
+    assert "torch" in names and "mamql.learner.trainer" in names
+
+
+COMPONENTS = ("replay", "learner", "actors", "envs", "experiments", "protos")
+
+
+def test_components_are_imported_only_under_the_mamql_namespace():
+    """`import replay` would load a second copy of our modules (or someone else's package of that name)."""
+    offenders = []
+    for folder in ("mamql", *COMPONENTS, "tests", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for name in imported_modules(path):
+                if name.split(".")[0] in COMPONENTS:
+                    offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_every_component_folder_is_exposed_inside_mamql():
+    for name in COMPONENTS:
+        link = ROOT / "mamql" / name
+        assert link.is_symlink() and link.resolve() == (ROOT / name).resolve(), f"mamql/{name} -> ../{name} missing"

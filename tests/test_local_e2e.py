@@ -6,10 +6,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from helpers import wait_until
 from mamql.supervisor import scrape, total
 
 pytestmark = pytest.mark.slow
@@ -21,18 +21,6 @@ FAST = [
     "--set", "replay.tables=[{name: online, capacity: 5000, min_size_to_sample: 64, samples_per_insert: 2.0, "
              "error_buffer: 4000.0}]",
 ]
-
-
-def wait_until(predicate, timeout, what, proc=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"mamql local exited early ({proc.returncode}) while waiting for {what}")
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_local_runs_end_to_end_survives_actor_kill_and_stops_cleanly(tmp_path):

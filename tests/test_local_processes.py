@@ -10,13 +10,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import wait_until
 from mamql.supervisor import scrape, total
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ COMPONENT_METRIC = {"replay": "mamql_replay_inserted_transitions_total", "learne
 
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory) -> str:
-    from learner.demos import collect_demos, save_demos
+    from mamql.learner.demos import collect_demos, save_demos
 
     path = tmp_path_factory.mktemp("demos") / "demos.npz"
     save_demos(path, *collect_demos("gems", 500, seed=0, num_envs=4))
@@ -49,18 +49,6 @@ def start_local(tmp_path: Path, *args: str, out: str = "local.out") -> subproces
     with (tmp_path / out).open("w") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"mamql local exited ({proc.returncode}) while waiting for {what}")
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def process_table(run_dir: Path) -> dict | None:
@@ -122,7 +110,7 @@ def actor_totals(run_dir: Path, actors: int) -> tuple[int, int]:
 
 
 def replay_inserted(run_dir: Path) -> int:
-    from replay import checkpoint
+    from mamql.replay import checkpoint
 
     (online,) = [t for t in checkpoint.load(run_dir / "checkpoints" / "replay") if t["name"] == "online"]
     return int(online["inserted"])

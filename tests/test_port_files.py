@@ -9,30 +9,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers import wait_until
 from mamql.portfile import read_port_file, write_port_file
 from mamql.supervisor import grpc_serving, scrape, total
 
 ROOT = Path(__file__).resolve().parent.parent
 # inserts block after a few hundred transitions while nobody samples
 TABLE = "replay.tables=[{name: online, capacity: 5000, min_size_to_sample: 64, samples_per_insert: 4.0, error_buffer: 400.0}]"
-
-
-def wait_until(predicate, timeout: float, what: str, procs=()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{p.args[3]} exited {p.returncode} while waiting for {what}")
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def spawn(tmp_path: Path, name: str, *args: str) -> subprocess.Popen:
@@ -95,7 +82,7 @@ def test_replay_and_actor_report_ports_and_the_actor_drains_at_shutdown(tmp_path
     log = (tmp_path / "actor.log").read_text()
     produced, acked, flushed = re.search(r"stopped: (\d+) transitions, (\d+) acked, .* all acked: (\w+)", log).groups()
     assert flushed == "True" and "dropping" not in log and int(produced) == int(acked) > 0, log[-2000:]
-    from replay import checkpoint
+    from mamql.replay import checkpoint
 
     (online,) = [t for t in checkpoint.load(tmp_path / "ck") if t["name"] == "online"]
     assert online["inserted"] == int(acked)

@@ -43,7 +43,7 @@ def test_an_existing_run_dir_is_refused_unless_resumed(tmp_path):
 
 @pytest.mark.slow
 def test_train_runs_without_a_name_get_their_own_dirs_and_checkpoints(tmp_path):
-    from learner.demos import collect_demos, save_demos
+    from mamql.learner.demos import collect_demos, save_demos
 
     demos = tmp_path / "demos.npz"
     save_demos(demos, *collect_demos("gems", 300, seed=0, num_envs=4))

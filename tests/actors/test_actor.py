@@ -8,17 +8,17 @@ import time
 import numpy as np
 import pytest
 
-from actors.actor import EXPERT_VERSION, Actor
-from actors.weight_subscriber import WeightSubscriber
-from learner.networks import build_critics
-from learner.policy import flatten_weights
-from learner.service import weights_to_numpy
-from learner.weight_service import WeightStore, serve_weights
+from mamql.actors.actor import EXPERT_VERSION, Actor
+from mamql.actors.weight_subscriber import WeightSubscriber
+from mamql.learner.networks import build_critics
+from mamql.learner.policy import flatten_weights
+from mamql.learner.service import weights_to_numpy
+from mamql.learner.weight_service import WeightStore, serve_weights
 from mamql.config import load_config
 from mamql.metrics import new_registry, sample_value
-from protos import rpc
-from replay.client import ReplayClient
-from replay.server import ReplayServer
+from mamql.protos import rpc
+from mamql.replay.client import ReplayClient
+from mamql.replay.server import ReplayServer
 
 TABLES = "replay.tables=[{name: online, capacity: 20000}]"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.actor import Actor
-from actors.collect import EpisodeAssembler, actor_seed, rerun_expert
+from mamql.actors.actor import Actor
+from mamql.actors.collect import EpisodeAssembler, actor_seed, rerun_expert
 from mamql.config import load_config
-from replay.dataset import load_dataset, read_manifest, verify_dataset
+from mamql.replay.dataset import load_dataset, read_manifest, verify_dataset
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

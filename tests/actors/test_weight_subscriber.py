@@ -6,11 +6,11 @@ import grpc
 import numpy as np
 import pytest
 
-from actors.weight_subscriber import WeightSubscriber
-from learner.weight_service import SERVICE_NAME, WeightStore, serve_weights
+from mamql.actors.weight_subscriber import WeightSubscriber
+from mamql.learner.weight_service import SERVICE_NAME, WeightStore, serve_weights
 from mamql.metrics import new_registry, sample_value
 from mamql.weights import split_weights
-from protos import rpc, weights_pb2, weights_pb2_grpc
+from mamql.protos import rpc, weights_pb2, weights_pb2_grpc
 
 
 def start_server(store, port=0, token=""):

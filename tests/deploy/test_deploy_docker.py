@@ -39,7 +39,7 @@ def test_dockerfile_essentials(path):
     exposed = {int(p) for k, rest in ins if k == "EXPOSE" for p in rest.split()}
     assert {7100, 7200, 9100, 9200} <= exposed
     (health,) = [rest for k, rest in ins if k == "HEALTHCHECK"]
-    assert "health_check" in health and "protos.rpc" in health
+    assert "health_check" in health and "mamql.protos.rpc" in health
     # every package the project installs is copied in
     try:
         import tomllib
@@ -56,7 +56,7 @@ def test_healthcheck_command_probes_a_real_server():
     import os
     import sys
 
-    from protos.rpc import Security, bind, make_server, set_serving
+    from mamql.protos.rpc import Security, bind, make_server, set_serving
 
     (health,) = [rest for k, rest in instructions(DOCKERFILES[0]) if k == "HEALTHCHECK"]
     argv = json.loads(health[health.index("CMD") + 3:].strip())

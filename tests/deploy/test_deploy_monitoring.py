@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import free_port
 from system_tools import ensure_debian_packages, find
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,12 +154,6 @@ FAST = [
     "--set", "replay.tables=[{name: online, capacity: 5000, min_size_to_sample: 64, samples_per_insert: 2.0, "
              "error_buffer: 4000.0}]",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query(base: str, expr: str) -> dict:

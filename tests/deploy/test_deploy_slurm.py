@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
 from system_tools import ensure_debian_packages, missing
 
 pytestmark = pytest.mark.cluster
@@ -30,12 +31,6 @@ replay:
   tables:
     - {name: online, capacity: 5000, min_size_to_sample: 64, samples_per_insert: 2.0, error_buffer: 4000.0}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def which(name: str) -> str:

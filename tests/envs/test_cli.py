@@ -2,7 +2,7 @@
 
 import argparse
 
-from envs import cli
+from mamql.envs import cli
 
 
 def run(argv):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from envs.gems import MOVES, gems_move
-from envs.symmetry import TRANSFORMS, action_permutations, augment_batch, env_symmetries, transform_obs
-from learner.demos import collect_demos
+from mamql.envs.gems import MOVES, gems_move
+from mamql.envs.symmetry import TRANSFORMS, action_permutations, augment_batch, env_symmetries, transform_obs
+from mamql.learner.demos import collect_demos
 
 AGENTS = ["agent_0", "agent_1"]
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from envs.experts import RandomPolicy, make_expert
-from envs.vector import VectorEnv
+from mamql.envs.experts import RandomPolicy, make_expert
+from mamql.envs.vector import VectorEnv
 
 
 def mean_return(env, policy, episodes, num_envs=10, **kw):

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pettingzoo.test import parallel_api_test
 
-from envs.gems import BLUE, DOWN, LEFT, PURPLE, RED, RIGHT, STAY, UP, GemsEnv, GemsState, gems_true_reward
+from mamql.envs.gems import BLUE, DOWN, LEFT, PURPLE, RED, RIGHT, STAY, UP, GemsEnv, GemsState, gems_true_reward
 
 
 def state(agents, gems, collected=0, step=0):
@@ -132,9 +134,6 @@ def test_rejects_unknown_render_mode(bad):
     with pytest.raises(ValueError):
         GemsEnv(render_mode=bad)
 
-
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @settings(max_examples=150, deadline=None)

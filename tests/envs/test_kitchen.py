@@ -3,7 +3,7 @@
 import numpy as np
 from pettingzoo.test import parallel_api_test
 
-from envs.kitchen import DOWN, INTERACT, LEFT, OBS_DIM, RIGHT, STAY, UP, KitchenEnv
+from mamql.envs.kitchen import DOWN, INTERACT, LEFT, OBS_DIM, RIGHT, STAY, UP, KitchenEnv
 
 
 def play(env, script):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pettingzoo.test import parallel_api_test
 
-import envs
+from mamql import envs
 
 
 def test_list_envs():

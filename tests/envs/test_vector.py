@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from envs.gems import GemsEnv
-from envs.vector import VectorEnv, transition_batch
+from mamql.envs.gems import GemsEnv
+from mamql.envs.vector import VectorEnv, transition_batch
 from mamql.batch import batch_size
 
 

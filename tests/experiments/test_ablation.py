@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from experiments.ablation import parse_variant
+from mamql.experiments.ablation import parse_variant
 
 TINY = ["learner.hidden=[16]", "learner.steps=4", "learner.seed_transitions=64",
         "learner.batch_size=16", "learner.expert_transitions=256", "learner.log_every=2", "learner.torch_threads=1",

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from experiments.plots import parse_run_name, plot_results, read_curve, single_run
-from experiments.runner import SUMMARY_FIELDS, run_name, write_summary
+from mamql.experiments.plots import parse_run_name, plot_results, read_curve, single_run
+from mamql.experiments.runner import SUMMARY_FIELDS, run_name, write_summary
 
 
 def fake_run(root, name, slope, points=30):
@@ -30,8 +30,8 @@ def test_run_names_round_trip():
 
 
 def test_dataset_overrides_reach_only_their_dataset_and_the_user_still_wins(tmp_path):
-    from experiments.runner import run_config
-    from experiments.suites import SUITES
+    from mamql.experiments.runner import run_config
+    from mamql.experiments.suites import SUITES
 
     suite = SUITES["paper-gems"]
     small = run_config(suite, "gems", 1_000, "bc", 0, tmp_path, [])

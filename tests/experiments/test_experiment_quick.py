@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments.plots import read_curve
+from mamql.experiments.plots import read_curve
 
 pytestmark = pytest.mark.slow
 

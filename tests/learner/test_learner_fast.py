@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_learner_updater import random_batch  # noqa: E402
 
-from envs import env_spec  # noqa: E402
-from learner.fast import DevicePrefetcher, FastUpdater, LazyTerms, fast_supported, replay_ratio  # noqa: E402
-from learner.updater import Updater, load_checkpoint, make_updater, save_checkpoint  # noqa: E402
+from mamql.envs import env_spec  # noqa: E402
+from mamql.learner.fast import DevicePrefetcher, FastUpdater, LazyTerms, fast_supported, replay_ratio  # noqa: E402
+from mamql.learner.updater import Updater, load_checkpoint, make_updater, save_checkpoint  # noqa: E402
 from mamql.config import LearnerConfig  # noqa: E402
 
 torch.set_num_threads(1)

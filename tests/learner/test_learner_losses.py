@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learner.losses import (
+from mamql.learner.losses import (
     affine_fit_metrics,
     bc_loss,
     boltzmann_log_probs,
@@ -223,7 +223,7 @@ def test_affine_fit_metrics():
 
 
 def test_epic_canonical_correlation_ignores_shaping():
-    from learner.losses import epic_canonical_correlation, epic_canonicalize
+    from mamql.learner.losses import epic_canonical_correlation, epic_canonicalize
 
     g = torch.Generator().manual_seed(3)
     n_s, n_a, gamma = 6, 3, 0.9

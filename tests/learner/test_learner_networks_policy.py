@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from learner.losses import boltzmann_probs
-from learner.networks import (
+from mamql.learner.losses import boltzmann_probs
+from mamql.learner.networks import (
     Critic,
     JointCritic,
     build_critics,
@@ -16,7 +16,7 @@ from learner.networks import (
     forward_current_next,
     torch_dtype,
 )
-from learner.policy import BoltzmannPolicy, flatten_weights, unflatten_weights
+from mamql.learner.policy import BoltzmannPolicy, flatten_weights, unflatten_weights
 
 GEMS = SimpleNamespace(
     agents=["agent_0", "agent_1"],
@@ -186,7 +186,7 @@ def test_no_torn_weights_under_concurrent_swaps():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    from learner.checkpoint import load_critic_state, read_metadata, save_critics
+    from mamql.learner.checkpoint import load_critic_state, read_metadata, save_critics
 
     a, b = build_critics(GEMS, hidden=(16,)), build_critics(GEMS, hidden=(16,))
     save_critics(tmp_path / "ckpt" / "critics.safetensors", a, {"step": 12, "algo": "mamql"})

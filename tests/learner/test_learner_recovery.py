@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.losses import boltzmann_probs, mamql_loss, recover_reward_from_q, soft_value
+from mamql.learner.losses import boltzmann_probs, mamql_loss, recover_reward_from_q, soft_value
 
 GAMMA = 0.9
 
@@ -118,7 +118,7 @@ def test_chi2_regularised_bandit_matches_stationarity():
 
 
 def test_shaping_projected_correlation_is_one_exactly_up_to_shaping():
-    from learner.losses import shaping_projected_correlation
+    from mamql.learner.losses import shaping_projected_correlation
 
     rng = np.random.default_rng(0)
     s, a = 5, 3
@@ -137,7 +137,7 @@ def test_marginal_critic_recovers_the_reward_of_a_soft_optimal_expert_but_not_of
     """experiments.tabular_recovery at a reduced size: joint-action samples of a 2-agent game, a
     free marginal Q table, the MAMQL loss with its default chi^2. A soft-optimal expert's marginal
     reward comes back up to shaping; a deterministic expert's (like our scripted ones) does not."""
-    from experiments.tabular_recovery import recovery
+    from mamql.experiments.tabular_recovery import recovery
 
     soft = recovery(0, "soft", rows=8000, steps=1500)
     greedy = recovery(0, "argmax", rows=8000, steps=1500)

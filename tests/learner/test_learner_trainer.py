@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from envs import env_spec
-from envs.experts import make_expert
-from learner.demos import collect_demos, load_demos, save_demos
-from learner.evaluate import evaluate, gems_true_reward_from_planes, policy_from, reward_recovery, run_episodes
-from learner.trainer import Trainer, latest_checkpoint
-from learner.updater import make_updater, read_checkpoint
+from mamql.envs import env_spec
+from mamql.envs.experts import make_expert
+from mamql.learner.demos import collect_demos, load_demos, save_demos
+from mamql.learner.evaluate import evaluate, gems_true_reward_from_planes, policy_from, reward_recovery, run_episodes
+from mamql.learner.trainer import Trainer, latest_checkpoint
+from mamql.learner.updater import make_updater, read_checkpoint
 from mamql.config import Config, LearnerConfig, with_updates
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from envs import env_spec
-from learner.demos import collect_demos
-from learner.policy import BoltzmannPolicy
-from learner.networks import build_critics, build_joint_critics
-from learner.updater import Updater, load_checkpoint, make_updater, read_checkpoint, save_checkpoint
+from mamql.envs import env_spec
+from mamql.learner.demos import collect_demos
+from mamql.learner.policy import BoltzmannPolicy
+from mamql.learner.networks import build_critics, build_joint_critics
+from mamql.learner.updater import Updater, load_checkpoint, make_updater, read_checkpoint, save_checkpoint
 from mamql.config import LearnerConfig
 
 TINY = (32,)

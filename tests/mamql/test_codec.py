@@ -3,7 +3,7 @@ import pytest
 
 from mamql.batch import BatchError, check_schema, find_non_finite, schema_of
 from mamql.codec import CodecError, decode_batch, decode_tensor, encode_batch, encode_tensor
-from protos import tensor_pb2
+from mamql.protos import tensor_pb2
 
 
 def gems_batch(n=4):

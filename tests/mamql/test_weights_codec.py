@@ -3,7 +3,7 @@ import pytest
 
 from mamql.codec import CodecError, encode_tensor
 from mamql.weights import WeightAssembler, iter_assembled, split_weights
-from protos import weights_pb2
+from mamql.protos import weights_pb2
 
 
 def params():

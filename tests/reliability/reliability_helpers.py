@@ -12,9 +12,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from helpers import free_port, wait_until  # noqa: F401  (re-exported for the tests)
 from mamql.supervisor import scrape, total  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,20 +72,6 @@ def kill_all(procs) -> None:
             p.wait(timeout=10)
 
 
-def wait_until(predicate, timeout: float, what: str, procs=(), interval: float = 0.25):
-    """Poll `predicate` until truthy (returned); fail after `timeout` s or if a watched process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"process {p.args} exited {p.returncode} while waiting for {what}")
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def read_port(path: Path, timeout: float = 60.0, proc=None) -> int:
     """The gRPC port a server wrote to its --port-file."""
     from mamql.portfile import read_port_file
@@ -103,16 +89,6 @@ def spawn_reporting(procs: dict, name: str, args: list[str], log_path: Path, tim
     port_file.unlink(missing_ok=True)
     procs[name] = spawn([*args, "--port-file", str(port_file)], log_path)
     return wait_until(lambda: read_port_file(port_file), timeout, f"{name}'s port file", [procs[name]])
-
-
-def free_port() -> int:
-    """A port picked up front, for a test's single server that must start after its client (another
-    process may take a port picked this way first: servers with clients bind 0, spawn_reporting)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def metric(port: int, name: str, host: str = "127.0.0.1", **labels) -> float:

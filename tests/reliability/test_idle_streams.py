@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from reliability_helpers import child_env, kill_all, wait_until  # noqa: E402
 
-from actors.weight_subscriber import WeightSubscriber  # noqa: E402
+from mamql.actors.weight_subscriber import WeightSubscriber  # noqa: E402
 from mamql.metrics import new_registry, sample_value  # noqa: E402
-from replay.client import ReplayClient  # noqa: E402
+from mamql.replay.client import ReplayClient  # noqa: E402
 
 IDLE_S = 60  # default policy: GOAWAY at the 3rd early ping (~40 s; ~50 s for the replay's two streams)
 NOTICE_S = 32  # documented ~20 s (10 s ping interval + 10 s ack timeout) + slack for a loaded box
@@ -35,10 +35,10 @@ NOTICE_S = 32  # documented ~20 s (10 s ping interval + 10 s ack timeout) + slac
 SERVERS = """
 import signal, sys, threading
 from pathlib import Path
-from learner.weight_service import WeightStore, serve_weights
+from mamql.learner.weight_service import WeightStore, serve_weights
 from mamql.config import Config, with_updates
-from protos import rpc
-from replay.server import ReplayServer
+from mamql.protos import rpc
+from mamql.replay.server import ReplayServer
 
 cfg = with_updates(Config(), replay={"port": 0, "checkpoint_on_exit": False, "wait_timeout_s": 600.0,
                                      "tables": [{"name": "online", "capacity": 100}]},

@@ -15,14 +15,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reliability_helpers import (FAST, free_port, kill_all, metric, read_port, spawn, spawn_reporting,  # noqa: E402
+from reliability_helpers import (FAST, free_port, kill_all, metric, spawn, spawn_reporting,  # noqa: E402
                                  stop, tail, wait_until)
 
-from protos.rpc import Security  # noqa: E402
-from replay import checkpoint  # noqa: E402
-from replay.client import ReplayClient  # noqa: E402
-from replay.errors import DeadlineExceeded, ReplayError  # noqa: E402
-from replay.writer import WriterFull  # noqa: E402
+from mamql.protos.rpc import Security  # noqa: E402
+from mamql.replay import checkpoint  # noqa: E402
+from mamql.replay.client import ReplayClient  # noqa: E402
+from mamql.replay.errors import ReplayError  # noqa: E402
+from mamql.replay.writer import WriterFull  # noqa: E402
 from replay_helpers import gems_batch  # noqa: E402
 
 TOKEN = "fault-token-0123456789"
@@ -180,7 +180,7 @@ def test_kill9_and_sigterm_of_every_process(tmp_path, demos_path):
 
 def test_no_call_blocks_forever_against_a_frozen_replay(tmp_path):
     """SIGSTOP the replay: every client call and queue returns (or raises) within its bound."""
-    from actors.weight_subscriber import WeightSubscriber
+    from mamql.actors.weight_subscriber import WeightSubscriber
 
     port = free_port()
     proc = spawn(["replay", "--set", f"replay.port={port}", "--set", "metrics.enabled=false",

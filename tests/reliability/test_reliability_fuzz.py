@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mamql.codec import encode_batch, encode_tensor  # noqa: E402
 from mamql.config import TableConfig, with_updates  # noqa: E402
 from mamql.weights import split_weights  # noqa: E402
-from protos import replay_pb2, rpc, tensor_pb2, weights_pb2  # noqa: E402
-from protos.rpc import Security  # noqa: E402
-from replay.client import ReplayClient  # noqa: E402
-from replay.server import ReplayServer  # noqa: E402
+from mamql.protos import replay_pb2, rpc, tensor_pb2, weights_pb2  # noqa: E402
+from mamql.protos.rpc import Security  # noqa: E402
+from mamql.replay.client import ReplayClient  # noqa: E402
+from mamql.replay.server import ReplayServer  # noqa: E402
 from replay_helpers import gems_batch, make_config  # noqa: E402
 
 IDENTITY = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
@@ -255,7 +255,7 @@ def test_replay_fuzz_clean_codes_server_up_and_good_client_exact(replay_server):
 
 
 def test_weight_service_fuzz_clean_codes_and_latest_version_intact():
-    from learner.weight_service import WeightStore, serve_weights
+    from mamql.learner.weight_service import WeightStore, serve_weights
 
     security = Security()
     server, _ = rpc.make_server(security, 64)

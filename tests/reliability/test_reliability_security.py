@@ -19,11 +19,11 @@ from reliability_helpers import REPO, make_certs  # noqa: E402
 
 from mamql.config import AuthConfig, Config, with_updates  # noqa: E402
 from mamql.metrics import sample_value  # noqa: E402
-from protos import replay_pb2, weights_pb2  # noqa: E402
-from protos.rpc import Security, make_channel  # noqa: E402
-from replay.client import ReplayClient, encode_request  # noqa: E402
-from replay.errors import ReplayError  # noqa: E402
-from replay.server import ReplayServer  # noqa: E402
+from mamql.protos import replay_pb2, weights_pb2  # noqa: E402
+from mamql.protos.rpc import Security  # noqa: E402
+from mamql.replay.client import ReplayClient, encode_request  # noqa: E402
+from mamql.replay.errors import ReplayError  # noqa: E402
+from mamql.replay.server import ReplayServer  # noqa: E402
 from replay_helpers import make_config, small_batch  # noqa: E402
 
 IDENTITY = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
@@ -90,7 +90,7 @@ def test_replay_refuses_unauthenticated_calls_without_touching_data(servers, met
 
 
 def test_weight_service_refuses_unauthenticated_calls_and_counts_them(tmp_path, demos_path):
-    from learner.service import LearnerService
+    from mamql.learner.service import LearnerService
     from mamql.weights import split_weights
 
     cfg = with_updates(make_config(), weights={"port": 0}, learner={"hidden": [32], "device": "cpu"},

@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from reliability_helpers import (FAST, kill_all, metric, rss_kib, spawn_reporting, stop, tail,  # noqa: E402
                                  wait_until)
 
-from protos.rpc import Security  # noqa: E402
-from replay.client import ReplayClient  # noqa: E402
-from replay.errors import ReplayError  # noqa: E402
+from mamql.protos.rpc import Security  # noqa: E402
+from mamql.replay.client import ReplayClient  # noqa: E402
+from mamql.replay.errors import ReplayError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak]
 

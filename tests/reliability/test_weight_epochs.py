@@ -25,13 +25,13 @@ from reliability_helpers import FAST, kill_all, spawn, stop, tail, wait_until  #
 
 from mamql.config import ConfigError, load_config, with_updates  # noqa: E402
 from mamql.metrics import new_registry, sample_value  # noqa: E402
-from protos import weights_pb2, weights_pb2_grpc  # noqa: E402
+from mamql.protos import weights_pb2, weights_pb2_grpc  # noqa: E402
 
 OVERRIDES = [a for a in FAST if a != "--set"]  # FAST as load_config overrides
 
 
 def learner_service(tmp_path, demos_path, **learner):
-    from learner.service import LearnerService
+    from mamql.learner.service import LearnerService
 
     cfg = with_updates(load_config(None, OVERRIDES), weights={"port": 0}, metrics={"enabled": False},
                        learner={"device": "cpu", **learner})
@@ -98,10 +98,10 @@ def test_actor_follows_a_fresh_learner_after_kill9_at_its_temperature(tmp_path, 
     """Learner A (alpha 0.5) is SIGKILLed; learner B (alpha 0.25, no checkpoint, publishes only its
     version 1) takes the same weights port. The actor, configured with learner.alpha = 1, acts with
     A's weights at 0.5, then within seconds of B's first version with B's weights at 0.25."""
-    from actors.actor import Actor
-    from actors.weight_subscriber import WeightSubscriber
-    from replay.client import ReplayClient
-    from replay.server import ReplayServer
+    from mamql.actors.actor import Actor
+    from mamql.actors.weight_subscriber import WeightSubscriber
+    from mamql.replay.client import ReplayClient
+    from mamql.replay.server import ReplayServer
 
     table = "replay.tables=[{name: online, capacity: 20000, min_size_to_sample: 64, samples_per_insert: 0.0}]"
     replay = ReplayServer(load_config(None, [table, "replay.port=0", "metrics.enabled=false",

@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
-from replay.client import ReplayClient
-from replay.local import LocalReplay
-from replay.server import ReplayServer
+from mamql.replay.client import ReplayClient
+from mamql.replay.local import LocalReplay
+from mamql.replay.server import ReplayServer
 from replay_helpers import make_config
 from mamql.config import Config
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from helpers import gems_batch  # noqa: F401  (re-exported for the replay tests)
 from mamql.config import Config, ReplayConfig, TableConfig, with_updates
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,24 +22,6 @@ TABLES = (
     TableConfig(name="recent", capacity=64, sampler="lifo"),
     TableConfig(name="small", capacity=8),
 )
-
-
-def gems_batch(n: int, start: int = 0, actor: int = 0, agents=("agent_0", "agent_1")) -> dict[str, np.ndarray]:
-    """n Gems-shaped transitions; `step` = start..start+n-1 identifies each row."""
-    rng = np.random.default_rng(start + 7919 * actor)
-    batch = {}
-    for a in agents:
-        batch[f"obs/{a}"] = rng.integers(0, 2, (n, 5, 15, 15), dtype=np.uint8)
-        batch[f"action/{a}"] = rng.integers(0, 5, n).astype(np.int64)
-        batch[f"reward/{a}"] = rng.random(n, dtype=np.float32)
-        batch[f"next_obs/{a}"] = rng.integers(0, 2, (n, 5, 15, 15), dtype=np.uint8)
-    batch["done"] = np.zeros(n, bool)
-    batch["truncated"] = np.zeros(n, bool)
-    batch["actor_id"] = np.full(n, actor, np.int32)
-    batch["episode_id"] = np.zeros(n, np.int64)
-    batch["step"] = np.arange(start, start + n, dtype=np.int32)
-    batch["policy_version"] = np.full(n, 3, np.int64)
-    return batch
 
 
 def small_batch(n: int, start: int = 0) -> dict[str, np.ndarray]:

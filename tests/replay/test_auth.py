@@ -6,9 +6,9 @@ import pytest
 
 from mamql.config import AuthConfig, Config
 from mamql.metrics import sample_value
-from protos.rpc import Security, health_check
-from replay.client import ReplayClient
-from replay.errors import Unauthenticated
+from mamql.protos.rpc import Security, health_check
+from mamql.replay.client import ReplayClient
+from mamql.replay.errors import Unauthenticated
 from replay_helpers import make_config, small_batch
 
 

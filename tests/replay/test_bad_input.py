@@ -8,7 +8,7 @@ import pytest
 
 from mamql.codec import encode_batch
 from mamql.config import TableConfig
-from protos import replay_pb2, replay_pb2_grpc, tensor_pb2
+from mamql.protos import replay_pb2, replay_pb2_grpc, tensor_pb2
 from replay_helpers import make_config, small_batch
 
 SCHEMA = {"obs/a": ["float32", [3]], "action/a": ["int64", []], "policy_version": ["int64", []]}
@@ -21,7 +21,7 @@ TABLES = (
 
 @pytest.fixture(scope="module")
 def stub():
-    from replay.server import ReplayServer
+    from mamql.replay.server import ReplayServer
 
     server = ReplayServer(make_config(TABLES, max_message_mb=1))
     server.start()

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from replay import checkpoint
-from replay.checkpoint import CheckpointError
-from replay.client import ReplayClient
-from replay.errors import ReplayError
-from replay.local import LocalReplay
+from mamql.replay import checkpoint
+from mamql.replay.checkpoint import CheckpointError
+from mamql.replay.client import ReplayClient
+from mamql.replay.errors import ReplayError
+from mamql.replay.local import LocalReplay
 from replay_helpers import REPO, gems_batch, make_config, small_batch, spawn_server
 
 CONFIG_YAML = """

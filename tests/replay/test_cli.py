@@ -9,8 +9,8 @@ import subprocess
 import sys
 import urllib.request
 
-from protos.rpc import health_check
-from replay.client import ReplayClient
+from mamql.protos.rpc import health_check
+from mamql.replay.client import ReplayClient
 from replay_helpers import REPO, gems_batch, spawn_server
 
 

@@ -11,14 +11,14 @@ import numpy as np
 
 from mamql.config import TableConfig
 from mamql.metrics import sample_value
-from replay.client import ReplayClient
+from mamql.replay.client import ReplayClient
 from replay_helpers import REPO, gems_batch, make_config
 
 BATCHES, ROWS = 20, 16
 SUBPROCESS_WRITER = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests' / 'replay')!r})
-from replay.client import ReplayClient
+from mamql.replay.client import ReplayClient
 from replay_helpers import gems_batch
 client = ReplayClient(sys.argv[1])
 with client.writer("online", max_queue_batches=4) as writer:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from replay.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted,
+from mamql.replay.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted,
                            TableNotFound)
 
 from replay_helpers import gems_batch, small_batch

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from actors.collect import EpisodeAssembler, rerun_expert
-from envs.registry import env_spec
-from learner.demos import load_demos
-from replay.dataset import (MANIFEST, DatasetError, DatasetWriter, check_episodes, iter_shards, load_dataset,
+from mamql.actors.collect import EpisodeAssembler, rerun_expert
+from mamql.envs.registry import env_spec
+from mamql.learner.demos import load_demos
+from mamql.replay.dataset import (MANIFEST, DatasetError, DatasetWriter, check_episodes, iter_shards, load_dataset,
                             read_manifest, spec_to_dict, verify_dataset)
 
 ENV = {"name": "gems", "kwargs": {}, "spec": spec_to_dict(env_spec("gems"))}
@@ -162,7 +162,7 @@ def test_load_demos_accepts_dataset_dir_and_npz_still_works(tmp_path):
     batch, meta = load_demos(tmp_path / "ds")
     assert meta["env"] == "gems" and meta["transitions"] == len(batch["step"]) == sum(len(e["step"]) for e in episodes)
     assert "shards" not in meta and json.dumps(meta)
-    from learner.demos import save_demos
+    from mamql.learner.demos import save_demos
 
     save_demos(tmp_path / "d.npz", {"step": batch["step"]}, {"env": "gems"})
     npz, meta = load_demos(tmp_path / "d.npz")

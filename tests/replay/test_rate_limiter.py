@@ -9,10 +9,10 @@ import pytest
 
 from mamql.config import TableConfig
 from mamql.metrics import new_registry, sample_value
-from replay.errors import DeadlineExceeded, Unavailable
-from replay.metrics import ReplayMetrics
-from replay.rate_limiter import RateLimiter
-from replay.table import Table
+from mamql.replay.errors import DeadlineExceeded, Unavailable
+from mamql.replay.metrics import ReplayMetrics
+from mamql.replay.rate_limiter import RateLimiter
+from mamql.replay.table import Table
 from replay_helpers import small_batch
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from mamql.config import Config, ReplayConfig
 from mamql.metrics import new_registry, sample_value
-from replay.client import Backoff, ReplayClient
-from replay.errors import DeadlineExceeded, TableNotFound
-from replay.writer import WriterFull
+from mamql.replay.client import Backoff, ReplayClient
+from mamql.replay.errors import DeadlineExceeded, TableNotFound
+from mamql.replay.writer import WriterFull
 from replay_helpers import make_config, small_batch
 
 
