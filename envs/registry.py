@@ -136,8 +136,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def make(name: str, **kwargs) -> ParallelEnv:
-    """A new env; kwargs (the config's env.kwargs) go to its factory."""
-    return _factory(canonical_name(name))(**kwargs)
+    """A new env; kwargs (the config's env.kwargs) go to its factory, except `max_episode_steps`,
+    which mamql applies itself (envs.limit.EpisodeLimit) for envs without a limit of their own."""
+    limit = kwargs.pop("max_episode_steps", None)
+    env = _factory(canonical_name(name))(**kwargs)
+    if limit is None:
+        return env
+    from mamql.envs.limit import EpisodeLimit
+
+    return EpisodeLimit(env, limit)
 
 
 def env_spec(name: str, **kwargs) -> EnvSpec:

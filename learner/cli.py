@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demos = sub.add_parser("demos", help="expert demonstrations")
     demos_sub = demos.add_subparsers(dest="demos_command", metavar="ACTION", required=True)
     col = demos_sub.add_parser("collect", help="collect scripted-expert transitions into one .npz")
-    col.add_argument("--env", default="gems", help="a name from `mamql envs list`, or package.module:ClassOrFactory")
+    add_config_args(col)  # env.name and env.kwargs (e.g. max_episode_steps) come from the config too
+    col.add_argument("--env", default=None,
+                     help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory (default gems)")
     col.add_argument("--expert", choices=["scripted", "random"], default="scripted",
                      help="scripted (envs that have one, see `mamql envs list`) or random play")
     col.add_argument("--transitions", type=int, default=20_000)
@@ -126,8 +128,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _collect(args: argparse.Namespace) -> int:
     from mamql.learner.demos import collect_demos, save_demos
 
-    batch, summary = collect_demos(args.env, args.transitions, seed=args.seed, epsilon=args.epsilon,
-                                   num_envs=args.num_envs, expert=args.expert)
+    from mamql.cli import config_from_args
+
+    config = config_from_args(args, {"env": "env.name"})
+    batch, summary = collect_demos(config.env.name, args.transitions, seed=args.seed, epsilon=args.epsilon,
+                                   num_envs=args.num_envs, expert=args.expert, env_kwargs=config.env.kwargs)
     save_demos(args.out, batch, summary)
     print(json.dumps(summary))
     return 0

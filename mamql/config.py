@@ -46,7 +46,9 @@ class EnvConfig:
     # ParallelEnv as `package.module:ClassOrFactory` (docs/environments.md)
     name: str = "gems"
     seed: int = 0
-    kwargs: dict = field(default_factory=dict)  # passed to the env's class or factory (envs.make)
+    # passed to the env's class or factory (envs.make), except max_episode_steps: N, which mamql
+    # applies itself (truncate every episode after N steps, for envs without a limit of their own)
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -197,11 +197,12 @@ def say(text: str, file=None) -> None:
         pass
 
 
-def collect_demos_process(sup: Supervisor, env: str, transitions: int, out: str, stop: threading.Event,
+def collect_demos_process(sup: Supervisor, config_path: Path, transitions: int, out: str, stop: threading.Event,
                           seed: int = 0, expert: str = "scripted") -> int:
-    """`mamql demos collect` as a child process; returns its exit code (130 when stopped)."""
+    """`mamql demos collect` as a child process, on the run's config (env name and kwargs); returns
+    its exit code (130 when stopped)."""
     say(f"collecting {transitions} expert transitions -> {out}")
-    child = sup.start("collect", ["demos", "collect", "--env", env, "--transitions", str(transitions),
+    child = sup.start("collect", ["demos", "collect", "--config", str(config_path), "--transitions", str(transitions),
                                   "--out", out, "--seed", str(seed), "--expert", expert])
     while child.popen.poll() is None:
         if stop.wait(0.2):
@@ -244,7 +245,7 @@ def run_system(config: Config, actors: int, demos: str | None, expert_transition
     if not demos:
         demos = str(run_dir / "demos.npz")
         if not Path(demos).exists():
-            code = collect_demos_process(sup, config.env.name, expert_transitions, demos, stop, config.run.seed, expert)
+            code = collect_demos_process(sup, config_path, expert_transitions, demos, stop, config.run.seed, expert)
             if code != 0:
                 return code if code == 130 else 1
     (run_dir / "local.json").write_text(json.dumps({"actors": actors, "demos": str(Path(demos).resolve())}))

@@ -10,8 +10,10 @@ import pytest
 from pettingzoo.test import parallel_api_test
 
 from corridor_env import CorridorEnv
+
 from mamql import envs
 from mamql.cli import main
+from mamql.learner.demos import load_demos
 from mamql.learner.networks import build_critics
 
 SPEC = "corridor_env:CorridorEnv"
@@ -85,9 +87,14 @@ def test_every_command_runs_the_custom_env(tmp_path):
     assert ev["env"] == SPEC and set(ev["greedy"]["mean_return"]) == {"agent_0", "agent_1"}
     assert ev["greedy"]["mean_length"] == 6  # the env's own truncation (env.kwargs reached it) ends episodes
 
-    mamql("local", "--env", SPEC, "--demos", str(demos), "--actors", "1", "--steps", "6", "--run-name", "l",
-          "--status-every", "1", *learner, "--set", "weights.publish_every=2", "--set", "actor.send_batch_size=16",
-          "--set", "replay.tables=[{name: online, capacity: 2000, min_size_to_sample: 32}]", *env_set, cwd=tmp_path)
+    # local collects its own random demos, on the run's env.kwargs: no limit of the env's own, mamql's instead
+    limit_set = ["--set", "env.kwargs={max_cycles: 1000, max_episode_steps: 5}"]
+    mamql("local", "--env", SPEC, "--expert", "random", "--expert-transitions", "120", "--actors", "1", "--steps", "6",
+          "--run-name", "l", "--status-every", "1", *learner, "--set", "weights.publish_every=2",
+          "--set", "actor.send_batch_size=16", "--set", "replay.tables=[{name: online, capacity: 2000, min_size_to_sample: 32}]",
+          *limit_set, cwd=tmp_path)
+    local_demos, _ = load_demos(tmp_path / "l" / "demos.npz")
+    assert local_demos["truncated"].any()  # 120 rows over 16 envs: only max_episode_steps=5 can truncate
     steps = [json.loads(line).get("step") for line in (tmp_path / "l" / "metrics.jsonl").read_text().splitlines()]
     assert max(s for s in steps if s is not None) == 6  # the learner finished its updates
     status = [json.loads(line) for line in (tmp_path / "l" / "status.jsonl").read_text().splitlines()]
