@@ -14,7 +14,7 @@ r^(s,a) = Q(s,a) - gamma E_{s'}[V(s')], and compare it with the true marginal re
 
 Experts: "soft" = soft-optimal at the learner's temperature (IQ-Learn's assumption), "argmax" =
 the deterministic greedy policy of the same Q* (what a scripted expert is like). Prints one JSON
-line; `python -m experiments.tabular_recovery [--seeds 3]` takes a few minutes on 2 cores.
+line; `python -m mamql.experiments.tabular_recovery [--seeds 3]` takes a few minutes on 2 cores.
 """
 
 from __future__ import annotations

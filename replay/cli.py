@@ -58,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m replay.cli [options]`: the same as `mamql replay`, without loading other commands."""
+    """`python -m mamql.replay.cli [options]`: the same as `mamql replay`, without loading other commands."""
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m replay.cli")
+    parser = argparse.ArgumentParser(prog="python -m mamql.replay.cli")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["replay", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)

@@ -1,6 +1,7 @@
 """Layering rules from STYLE.md, checked on the source (a fresh interpreter per package)."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,17 @@ def test_components_are_imported_only_under_the_mamql_namespace():
             for name in imported_modules(path):
                 if name.split(".")[0] in COMPONENTS:
                     offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_no_module_is_run_under_a_bare_component_name():
+    """Running `-m <component>.cli` from the repository root would load a second copy of our modules."""
+    pattern = re.compile(r"""(?:["']-m["'],\s*["']|python -m )(%s)\.""" % "|".join(COMPONENTS))
+    offenders = []
+    for folder in ("mamql", *COMPONENTS, "tests", "bench", "deploy", "docs"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".md", ".sbatch", ".yaml", ""):
+                offenders += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in pattern.finditer(path.read_text(errors="replace"))]
     assert not offenders, offenders
 
 

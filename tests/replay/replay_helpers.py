@@ -43,7 +43,7 @@ def make_config(tables=TABLES, **replay) -> Config:
 def spawn_server(tmp_path: Path, *args: str, env_extra: dict | None = None):
     """`python -m mamql.cli replay` in a subprocess; returns (process, port)."""
     port_file = tmp_path / f"port-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "replay.cli", "--set", "replay.port=0", "--set", "metrics.port=0",
+    cmd = [sys.executable, "-m", "mamql.replay.cli", "--set", "replay.port=0", "--set", "metrics.port=0",
            "--port-file", str(port_file), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -98,7 +98,7 @@ def test_server_refuses_to_start_from_a_corrupt_checkpoint(tmp_path):
     checkpoint.save(filled().snapshot(), path)
     (path / "header.json").write_text("garbage")
     proc = subprocess.run(
-        [sys.executable, "-m", "replay.cli", "--set", "replay.port=0", "--restore", str(path)],
+        [sys.executable, "-m", "mamql.replay.cli", "--set", "replay.port=0", "--restore", str(path)],
         cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
         timeout=30,
     )

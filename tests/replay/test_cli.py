@@ -40,7 +40,7 @@ def test_sigterm_exits_zero_with_final_checkpoint_and_metrics(tmp_path, subproce
 
 def test_refuses_public_bind_without_token(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "replay.cli", "--set", "replay.host=0.0.0.0", "--set", "replay.port=0",
+        [sys.executable, "-m", "mamql.replay.cli", "--set", "replay.host=0.0.0.0", "--set", "replay.port=0",
          "--set", "auth.insecure_no_auth=false"],
         cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
         timeout=30,
