@@ -4,8 +4,9 @@ One loop, in this order each step: apply the newest complete weight version if o
 steps, so a step never mixes versions), act for all K copies in one batched call, step the envs,
 tag the transitions with actor id and the policy (epoch, version) that acted, and hand full batches to the
 replay writer (bounded queue: when replay is slow or away the loop blocks on back-pressure instead
-of growing memory). The policy is a learned Boltzmann policy, a scripted expert (demo collection)
-or uniform random play (seeding the online table before the first weights exist). The learned
+of growing memory). The policy is a learned Boltzmann policy, an expert (demo collection: scripted,
+or a learner checkpoint sampling at actor.expert_temperature) or uniform random play (seeding the
+online table before the first weights exist). The learned
 policy samples at the temperature the learner publishes with its weights (learner.alpha), never at
 one of the actor's own.
 """
@@ -124,10 +125,14 @@ class Actor:
         if policy is not None:
             self.policy, self.version = policy, EXPERT_VERSION
         elif mode == "expert":
-            from mamql.envs.experts import make_expert
+            from mamql.envs.experts import checkpoint_path, make_expert
 
+            if checkpoint_path(config.actor.expert) is not None:  # a learner checkpoint acts through torch
+                import torch
+
+                torch.set_num_threads(max(1, config.actor.torch_threads))
             expert = make_expert(config.env.name, kind=config.actor.expert, seed=seed, epsilon=config.actor.epsilon,
-                                 **env_kwargs)
+                                 temperature=config.actor.expert_temperature or None, **env_kwargs)
             self.policy, self.version = expert, EXPERT_VERSION
         elif mode == "random":
             self.policy, self.version = self._random, RANDOM_VERSION

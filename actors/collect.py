@@ -161,7 +161,7 @@ class Collector:
 
 
 def rerun_expert(env_name: str, env_seed: int, actor_id: int, num_envs: int, expert: str = "scripted",
-                 env_kwargs: Mapping | None = None):
+                 env_kwargs: Mapping | None = None, temperature: float | None = None):
     """Yield, forever, the transition batches actor `actor_id` sends in expert mode (same seeds,
     episode ids and fields as actors.actor.Actor), so a dataset can be checked against a re-run."""
     from mamql.envs.experts import make_expert
@@ -169,7 +169,7 @@ def rerun_expert(env_name: str, env_seed: int, actor_id: int, num_envs: int, exp
 
     seed = actor_seed(env_seed, actor_id)
     env = VectorEnv(env_name, num_envs, seed=seed, episode_id_start=actor_id << 40, **dict(env_kwargs or {}))
-    policy = make_expert(env_name, kind=expert, seed=seed)
+    policy = make_expert(env_name, kind=expert, seed=seed, temperature=temperature, **dict(env_kwargs or {}))
     obs = env.reset()
     while True:
         actions = policy.act(obs)

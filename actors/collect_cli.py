@@ -20,11 +20,15 @@ COLLECT_TABLE = "collect"
 
 def register(sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
+    from mamql.envs.experts import expert_arg
 
     p = sub.add_parser("collect", help="collect expert demonstrations into a sharded dataset")
     add_config_args(p)
     p.add_argument("--env", default=None, help="shortcut for --set env.name=...")
-    p.add_argument("--expert", default=None, help="expert kind (actor.expert): scripted | random")
+    p.add_argument("--expert", type=expert_arg, default=None, help="expert (actor.expert): scripted | random | checkpoint:PATH "
+                   "(a learner checkpoint of this env)")
+    p.add_argument("--temperature", type=float, default=None, metavar="ALPHA", help="a checkpoint expert samples "
+                   "Boltzmann(Q/ALPHA) (actor.expert_temperature; default: the checkpoint's learner.alpha)")
     p.add_argument("--gamma", type=float, default=None, help="the discount these demos are for, recorded in the "
                    "manifest (the learner warns when its learner.gamma differs)")
     p.add_argument("--transitions", type=int, default=None,
@@ -44,12 +48,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _resolve(args):
+    from pathlib import Path
+
     from mamql.cli import config_from_args, default_run_name
     from mamql.config import validate, with_updates
+    from mamql.envs.experts import CHECKPOINT, checkpoint_path
 
     config = config_from_args(args, {"env": "env.name", "expert": "actor.expert", "num_envs": "actor.num_envs",
-                                     "run_name": "run.name"})
-    return validate(with_updates(config, actor={"mode": "expert", "table": args.table},  # expert mode: checks actor.expert
+                                     "run_name": "run.name", "temperature": "actor.expert_temperature"})
+    actor = {"mode": "expert", "table": args.table}
+    path = checkpoint_path(config.actor.expert)
+    if path and path.strip():  # also from --config/--set: the actors and the manifest get the absolute path
+        actor["expert"] = CHECKPOINT + str(Path(path).resolve())
+    return validate(with_updates(config, actor=actor,  # expert mode: checks actor.expert
                                  run={"name": default_run_name(config, "collect")}))
 
 
@@ -88,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mamql.actors.collect import Target
+    from mamql.envs.experts import describe_expert
     from mamql.envs.registry import env_spec
-    from mamql.config import dump_config, with_updates
+    from mamql.config import InputError, dump_config, with_updates
     from mamql.log import setup_logging
     from mamql.supervisor import Supervisor, grpc_serving
     from mamql.protos.rpc import Security
-    from mamql.replay.dataset import DatasetError, DatasetWriter, spec_to_dict
+    from mamql.replay.dataset import DatasetError, DatasetWriter, expert_summary, spec_to_dict
 
     if (args.transitions is None) == (args.episodes is None):
         print("mamql collect: give exactly one of --transitions and --episodes", file=sys.stderr)
@@ -102,16 +114,19 @@ def run(args: argparse.Namespace) -> int:
     log = setup_logging("collect", config.run.log_level)
     spec = env_spec(config.env.name, **config.env.kwargs)
     target = Target(args.transitions, args.episodes)
+    # a checkpoint expert is read here, once: a wrong env or a bad file is one line before any process starts
+    expert = describe_expert(config.env.name, config.actor.expert, config.env.kwargs,
+                             config.actor.expert_temperature or None)
     info = {
-        "expert": {"mode": "expert", "kind": config.actor.expert, "epsilon": config.actor.epsilon,
-                   "policy_version": -1},
+        "expert": {"mode": "expert", **expert, "epsilon": config.actor.epsilon, "policy_version": -1},
         "collection": {"target": {"transitions": args.transitions, "episodes": args.episodes},
                        "env_seed": config.env.seed, "num_envs": config.actor.num_envs,
                        "seed_rule": "actor VectorEnv seed = env.seed + 100003 * actor_id; copy k is reset "
                                     "with that + k, later episodes continue the copy's rng",
                        "shard_transitions": args.shard_transitions, "runs": []},
         "next_actor_id": 0,
-        **({"gamma": args.gamma} if args.gamma is not None else {}),
+        # the discount the demos are for: --gamma, else a checkpoint expert's own
+        **({"gamma": args.gamma} if args.gamma is not None else {"gamma": expert["gamma"]} if "gamma" in expert else {}),
     }
     env = {"name": spec.name, "kwargs": dict(config.env.kwargs), "spec": spec_to_dict(spec)}
     try:
@@ -121,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"mamql collect: {exc}", file=sys.stderr)
         return 2
     writer.shard_transitions = args.shard_transitions
+    before = writer.manifest.get("expert", {})  # kept from the dataset's first run
+    if args.resume and (before.get("kind"), before.get("sha256"), before.get("alpha")) != (
+            info["expert"]["kind"], info["expert"].get("sha256"), info["expert"].get("alpha")):
+        raise InputError(f"{args.out} was collected with expert {expert_summary(before)}, not "
+                         f"{expert_summary(info['expert'])}; one dataset holds one expert")
     collection = dict(writer.manifest.get("collection", info["collection"]))
     collection["target"] = {"transitions": args.transitions, "episodes": args.episodes}
     if target.reached(writer):

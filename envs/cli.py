@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mamql.envs.experts import expert_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     envs_parser = sub.add_parser("envs", help="list environments, play experts")
@@ -12,8 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     lst.set_defaults(func=_list)
     play = envs_sub.add_parser("play", help="play episodes with an expert, print returns")
     play.add_argument("--env", default="gems", help="a name from `mamql envs list`, or package.module:ClassOrFactory")
-    play.add_argument("--expert", choices=["scripted", "random"], default="scripted",
-                      help="scripted (envs that have one, see `mamql envs list`) or random")
+    play.add_argument("--expert", type=expert_arg, default="scripted",
+                      help="scripted (envs that have one, see `mamql envs list`), random, or checkpoint:PATH "
+                           "(a learner checkpoint of this env: samples Boltzmann(Q/alpha))")
+    play.add_argument("--temperature", type=float, default=None, metavar="ALPHA",
+                      help="sampling temperature of a checkpoint expert (default: the checkpoint's learner.alpha)")
+    play.add_argument("--greedy", action="store_true", help="a checkpoint expert takes argmax Q instead of sampling")
     play.add_argument("--episodes", type=int, default=5)
     play.add_argument("--seed", type=int, default=0)
     play.add_argument("--epsilon", type=float, default=0.0, help="random-action rate mixed into the expert")
@@ -46,11 +52,20 @@ def _list(args: argparse.Namespace) -> int:
 def _play(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mamql.envs.experts import make_expert
+    from mamql.envs.experts import checkpoint_path, load_checkpoint_expert, make_expert
     from mamql.envs.registry import make
 
-    env = make(args.env, **({"render_mode": "ansi"} if args.render else {}))
-    policy = make_expert(args.env, args.expert, seed=args.seed, epsilon=args.epsilon)
+    render = {"render_mode": "ansi"} if args.render else {}
+    if checkpoint_path(args.expert) is not None:  # played in the env (and env.kwargs) it was trained on
+        expert = load_checkpoint_expert(args.env, args.expert)
+        env = make(args.env, **expert.env_kwargs, **render)
+        policy = expert.policy(args.temperature, "greedy" if args.greedy else "sample", args.epsilon, args.seed)
+        info = expert.info(args.temperature, policy.mode)
+        print(f"expert: checkpoint {info['checkpoint']} ({info['algo']} step {info['step']}, {info['sampling']} at alpha "
+              f"{info['alpha']:g}, gamma {info['gamma']:g}, sha256 {info['sha256'][:12]})")
+    else:
+        env = make(args.env, **render)
+        policy = make_expert(args.env, args.expert, seed=args.seed, epsilon=args.epsilon)
     agents = list(env.possible_agents)
     returns, terminated = [], []
     for ep in range(args.episodes):

@@ -13,14 +13,18 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
+    from mamql.envs.experts import expert_arg
+    from mamql.config import ALGOS
 
-    train = sub.add_parser("train", help="train MAMQL / IQL-MA / BC in one process (envs + replay + learner)")
+    train = sub.add_parser("train", help="train MAMQL / IQL-MA / BC from demos, or soft-Q from rewards, in one "
+                           "process (envs + replay + learner)")
     add_config_args(train)
     train.add_argument("--env", default=None, help="env name (env.name)")
     train.add_argument("--demos", default=None, help="expert demos .npz (mamql demos collect); "
                        "without it --expert-transitions are collected first and saved in the run dir")
     train.add_argument("--expert-transitions", type=int, default=None, help="learner.expert_transitions")
-    train.add_argument("--algo", choices=["mamql", "iqlma", "bc"], default=None, help="learner.algo")
+    train.add_argument("--algo", choices=list(ALGOS), default=None,
+                       help="learner.algo (soft-q: forward soft-Q learning from the env's rewards, no demos)")
     train.add_argument("--steps", type=int, default=None, help="learner.steps (total updates, resume included)")
     train.add_argument("--run-name", default=None, help="run.name: writes runs/<name>/ (default: a new unique name)")
     train.add_argument("--seed", type=int, default=None, help="run.seed")
@@ -37,16 +41,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--demos", default=None, help="demos for reward recovery (default: the run's, if saved)")
     ev.add_argument("--recovery-rows", type=int, default=4096)
     ev.add_argument("--seed", type=int, default=None, help="eval env seed")
+    ev.add_argument("--expert-checkpoint", default=None, metavar="PATH", help="the checkpoint of the expert that "
+                    "played the demos: its own implied reward Q_E - gamma V_E(s') is scored on the same rows "
+                    "(expert_reward_recovery), the yardstick for the learned one")
     ev.set_defaults(func=_evaluate)
 
     demos = sub.add_parser("demos", help="expert demonstrations")
     demos_sub = demos.add_subparsers(dest="demos_command", metavar="ACTION", required=True)
-    col = demos_sub.add_parser("collect", help="collect scripted-expert transitions into one .npz")
+    col = demos_sub.add_parser("collect", help="collect expert transitions into one .npz")
     add_config_args(col)  # env.name and env.kwargs (e.g. max_episode_steps) come from the config too
     col.add_argument("--env", default=None,
                      help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory (default gems)")
-    col.add_argument("--expert", choices=["scripted", "random"], default="scripted",
-                     help="scripted (envs that have one, see `mamql envs list`) or random play")
+    col.add_argument("--expert", type=expert_arg, default="scripted",
+                     help="scripted (envs that have one, see `mamql envs list`), random play, or checkpoint:PATH "
+                          "(a learner checkpoint of this env, sampling Boltzmann(Q/alpha))")
+    col.add_argument("--temperature", type=float, default=None, metavar="ALPHA",
+                     help="sampling temperature of a checkpoint expert (default: the checkpoint's learner.alpha)")
+    col.add_argument("--greedy", action="store_true", help="a checkpoint expert takes argmax Q instead of sampling")
     col.add_argument("--transitions", type=int, default=20_000)
     col.add_argument("--out", required=True)
     col.add_argument("--seed", type=int, default=0)
@@ -65,6 +76,8 @@ def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args, {"env": "env.name", "algo": "learner.algo", "steps": "learner.steps",
                                      "expert_transitions": "learner.expert_transitions", "run_name": "run.name",
                                      "seed": "run.seed", "gamma": "learner.gamma"})
+    if config.learner.algo == "soft-q":
+        return _train_soft_q(args, config)
     if args.demos:  # check the demos before a run directory exists
         demos, meta = load_demos(args.demos)
         if meta.get("env") and meta["env"] != config.env.name:
@@ -101,26 +114,59 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_soft_q(args: argparse.Namespace, config) -> int:
+    """soft-q learns from the env's own rewards: no demos to load or collect."""
+    from mamql.config import InputError
+    from mamql.learner.trainer import Trainer
+    from mamql.cli import make_run_dir
+
+    if args.demos:
+        raise InputError("--algo soft-q learns from the env's rewards and takes no --demos")
+    config, run_dir = make_run_dir(config, "train", resume=args.resume)
+    print(f"mamql train: run directory {run_dir}", file=sys.stderr)
+    try:
+        trainer = Trainer(config, None, run_dir, resume=args.resume, progress=not args.no_progress)
+    except FileNotFoundError as exc:  # --resume of a run without a checkpoint
+        print(f"mamql train: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = trainer.train()
+    finally:
+        trainer.close()
+    print(json.dumps(result))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mamql.learner.demos import load_demos
-    from mamql.learner.evaluate import EVAL_SEED, config_from_extra, load_updater, policy_from, reward_recovery, run_episodes
+    from mamql.config import InputError
+    from mamql.learner.evaluate import (EVAL_SEED, config_from_extra, load_expert_updater, load_updater, policy_from,
+                                        reward_recovery, run_episodes)
 
     updater, extra = load_updater(args.checkpoint)
     config = config_from_extra(extra)
+    demos_path = Path(args.demos) if args.demos else Path(args.checkpoint).resolve().parent.parent / "demos.npz"
+    expert = None
+    if args.expert_checkpoint:  # checked before any episode runs
+        if not demos_path.exists():
+            raise InputError(f"--expert-checkpoint scores reward recovery on demos: no --demos given and no {demos_path}")
+        expert = load_expert_updater(args.expert_checkpoint, config.env.name)
     seed = EVAL_SEED if args.seed is None else args.seed
     out: dict = {"checkpoint": str(args.checkpoint), "env": config.env.name, "algo": updater.algo, "step": updater.step}
     for mode in ("greedy", "sample"):
         res = run_episodes(policy_from(updater, mode, seed=seed), config.env.name, args.episodes, seed, config.env.kwargs)
         out[mode] = res
-    demos_path = Path(args.demos) if args.demos else Path(args.checkpoint).resolve().parent.parent / "demos.npz"
     if demos_path.exists():
         demos, _ = load_demos(demos_path)
         out["reward_recovery"] = reward_recovery(updater, demos, max_rows=args.recovery_rows)
         out["reward_recovery_note"] = ("raw: Pearson/MSE of r^ vs true reward after an affine fit, not shaping-invariant; "
                                        "epic_pearson: correlation of EPIC canonical forms, shaping-invariant")
         out["demos"] = str(demos_path)
+        if expert is not None:  # the same rows and metrics, for the expert's own implied reward
+            out["expert_reward_recovery"] = reward_recovery(expert[0], demos, max_rows=args.recovery_rows)
+            out["expert_checkpoint"] = expert[1]
     print(json.dumps(out, indent=2))
     return 0
 
@@ -132,7 +178,8 @@ def _collect(args: argparse.Namespace) -> int:
 
     config = config_from_args(args, {"env": "env.name"})
     batch, summary = collect_demos(config.env.name, args.transitions, seed=args.seed, epsilon=args.epsilon,
-                                   num_envs=args.num_envs, expert=args.expert, env_kwargs=config.env.kwargs)
+                                   num_envs=args.num_envs, expert=args.expert, env_kwargs=config.env.kwargs,
+                                   temperature=args.temperature, greedy=args.greedy)
     save_demos(args.out, batch, summary)
     print(json.dumps(summary))
     return 0

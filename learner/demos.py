@@ -1,4 +1,5 @@
-"""Small expert-demonstration files: collect with the scripted expert, save/load as one `.npz`.
+"""Small expert-demonstration files: collect with an expert (scripted, random, a learner checkpoint),
+save/load as one `.npz`.
 
 A later issue adds the sharded on-disk dataset format for large collections; this is the minimal
 version the single-process trainer and the tests need. Arrays use the mamql.batch field names, so a
@@ -36,18 +37,28 @@ def collect_demos(
     num_envs: int = 16,
     env_kwargs: Mapping[str, Any] | None = None,
     expert: str = "scripted",
+    temperature: float | None = None,
+    greedy: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Run the expert (`scripted`, or `random` play for baselines and benchmarks) in a VectorEnv until at least `transitions` steps of COMPLETE
+    """Run the expert (`scripted`, `random` play for baselines and benchmarks, or `checkpoint:PATH`, a
+    learner checkpoint sampling at `temperature`, default its alpha) in a VectorEnv until at least `transitions` steps of COMPLETE
     episodes exist, order them episode by episode (in the order they finished), and cut to exactly
     `transitions` rows. Only the last kept episode may be cut short; its final row then keeps
     done=False, which is correct (a cut is not a terminal state). Returns (batch, summary); the
-    summary's returns are over the complete episodes collected (the expert's quality)."""
-    from mamql.envs.experts import make_expert
+    summary's returns are over the complete episodes collected (the expert's quality); its `expert` says
+    which expert played (docs/datasets.md), and a checkpoint's gamma becomes the demos' `gamma`."""
+    from mamql.envs.experts import checkpoint_path, describe_expert, load_checkpoint_expert, make_expert
     from mamql.envs.vector import VectorEnv, transition_batch
 
     kwargs = dict(env_kwargs or {})
+    if checkpoint_path(expert) is not None:  # read once: the policy and the record come from the same file
+        loaded = load_checkpoint_expert(env_name, expert, kwargs)
+        policy = loaded.policy(temperature, "greedy" if greedy else "sample", epsilon, seed)
+        about = loaded.info(temperature, policy.mode)
+    else:
+        policy = make_expert(env_name, kind=expert, seed=seed, epsilon=epsilon, **kwargs)
+        about = describe_expert(env_name, expert)
     env = VectorEnv(env_name, num_envs, seed=seed, **kwargs)
-    policy = make_expert(env_name, kind=expert, seed=seed, epsilon=epsilon, **kwargs)
     steps: list[dict[str, np.ndarray]] = []
     finished: list[int] = []  # episode ids in the order they ended
     returns: dict[str, list[float]] = {a: [] for a in env.agents}
@@ -77,7 +88,8 @@ def collect_demos(
     summary = {
         "env": env_name,
         "env_kwargs": kwargs,
-        "expert": expert,
+        "expert": about,
+        **({"gamma": about["gamma"]} if "gamma" in about else {}),
         "epsilon": float(epsilon),
         "seed": int(seed),
         "transitions": int(len(order)),

@@ -15,6 +15,8 @@ Reward recovery on expert data, per agent:
            reward as a function of (s, a, s'); Gems has one (from the observation planes), other
            envs report None.
 IQL-MA critics are compared on the joint action they were trained on; BC logits are treated as Q.
+An expert's own checkpoint (load_expert_updater) is scored the same way: its implied reward is the
+yardstick a recovered reward can be held to.
 """
 
 from __future__ import annotations
@@ -73,6 +75,17 @@ def load_updater(path: str | Path, device: str = "cpu") -> tuple[Updater, dict]:
         reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
         raise CheckpointError(f"{path} is not a valid checkpoint: {reason}") from None
     return updater, dict(ckpt["extra"])
+
+
+def load_expert_updater(path: str | Path, env_name: str) -> tuple[Updater, dict]:
+    """(Updater, record) of an expert's checkpoint, for scoring its own implied reward
+    r_E = Q_E(s, a_i) - gamma E[V_E(s')] (reward_recovery) next to a learned one: the yardstick. A
+    checkpoint of another env is one InputError line; record = path, sha256, algo, step, alpha, gamma."""
+    from mamql.learner.policy import CheckpointExpert
+
+    record = CheckpointExpert(str(path), env_name).info()  # checks the env and the file first
+    updater, _ = load_updater(path)
+    return updater, {k: record[k] for k in ("checkpoint", "sha256", "algo", "step", "alpha", "gamma")}
 
 
 def run_episodes(policy: Any, env_name: str, episodes: int, seed: int = EVAL_SEED,

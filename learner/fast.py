@@ -54,6 +54,8 @@ GRAPH_WARMUP = 3
 
 def fast_supported(spec: Any, config: Any) -> tuple[bool, str]:
     """(True, "") when one batched step can serve every agent; else (False, why)."""
+    if config.algo == "soft-q":
+        return False, "algo soft-q has no fast path (it always bootstraps from target critics)"
     if config.algo not in FAST_ALGOS:
         return False, f"algo {config.algo!r} has no fast path"
     if getattr(config, "augment", "none") != "none":

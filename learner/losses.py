@@ -9,6 +9,10 @@ Everything here is a plain function of tensors: no modules, no I/O, no state. Re
                  - E_expert[r^]                                           (expert reward term)
                  + 1/(4 alpha_chi) * E[r^^2]                              (chi^2 regulariser)
 
+Forward soft-Q learning (`soft_q_loss`, algo soft-q) is the same soft Bellman equation read the
+other way: the reward is given (each agent's own env reward) and Q is regressed onto
+y = r + gamma (1 - done) V_target(s'); it trains soft-optimal experts for MAMQL to imitate.
+
 MAMQL applies this single-agent loss (IQ-Learn, Garg et al. 2021) to every agent's MARGINAL critic
 Q_i(s, a_i): marginalised over the other agents' current policies it is a single-agent soft-Q
 function, so the single-agent objective is the right one. IQL-MA, the baseline, applies the same
@@ -166,6 +170,45 @@ def mamql_loss(
         policy_q = _masked_mean(q_sa, w_pol)
         names = ("loss", "value", "expert_reward", "chi2", "expert_q", "policy_q", "q_gap")
         values = torch.stack([loss, value, expert_reward, chi2, expert_q, policy_q, expert_q - policy_q])
+        values = values.detach()
+        terms = dict(zip(names, values.tolist() if as_floats else values.unbind()))
+    return loss, terms
+
+
+# --------------------------------------------------------------------------- forward soft-Q learning
+
+
+def soft_q_loss(
+    q: Tensor,
+    q_next_target: Tensor,
+    actions: Tensor,
+    rewards: Tensor,
+    done: Tensor,
+    *,
+    gamma: float,
+    alpha: float = 1.0,
+    as_floats: bool = True,
+) -> tuple[Tensor, dict]:
+    """Soft Bellman regression of ONE agent's marginal critic on its own env reward:
+
+        y = r + gamma (1 - done) V_target(s'),   V_target = alpha logsumexp(Q_target(s', .) / alpha)
+        L = E[(Q(s, a) - y)^2]                   (y is a constant: no gradient through the target)
+
+    q: [N, A] the critic at s; q_next_target: [N, A] the (Polyak-averaged) target critic at s';
+    actions, rewards, done: [N]. `done` is the TERMINAL flag only (a truncated row bootstraps).
+    The rows' partner actions come from the partners' current policies, so Q(s, a) converges to the
+    marginal soft-Q function against them; every agent doing this at once has the logit (soft)
+    equilibrium as its fixed point. Returns (loss, terms): loss, mean Q(s, a), mean target, mean
+    reward and mean soft value V(s) (as floats, or detached 0-d tensors with as_floats=False).
+    """
+    with torch.no_grad():
+        keep = 1.0 - done.to(q.dtype)
+        y = rewards.to(q.dtype) + gamma * keep * soft_value(q_next_target.detach(), alpha)
+    q_sa = gather_actions(q, actions)
+    loss = ((q_sa - y) ** 2).mean()
+    with torch.no_grad():
+        names = ("loss", "q", "target", "reward", "soft_value")
+        values = torch.stack([loss, q_sa.mean(), y.mean(), rewards.to(q.dtype).mean(), soft_value(q, alpha).mean()])
         values = values.detach()
         terms = dict(zip(names, values.tolist() if as_floats else values.unbind()))
     return loss, terms

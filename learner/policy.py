@@ -133,3 +133,68 @@ class BoltzmannPolicy:
         with self._lock:
             critics = self._critics
         return flatten_weights(critics)
+
+
+# --------------------------------------------------------------------------- checkpoints as experts
+
+
+class CheckpointExpert:
+    """A learner checkpoint (learner.updater.save_checkpoint: MAMQL, IQL-MA, BC or soft-Q) as an
+    expert: its critics act through a BoltzmannPolicy. Read with weights_only=True (never unpickled);
+    critics are rebuilt from the checkpoint's own config, for the env they will act in, so a checkpoint
+    of another env is one InputError line rather than a shape error from torch."""
+
+    def __init__(self, path: str, env_name: str | None = None, env_kwargs: Mapping | None = None):
+        import hashlib
+        import json
+
+        from mamql.envs.registry import canonical_name, env_spec
+        from mamql.learner.checkpoint import CheckpointError, read_torch_checkpoint
+
+        self.path = str(path)
+        ckpt = read_torch_checkpoint(path)
+        try:
+            stored = json.loads(ckpt["extra"]["config_json"])
+            learner, env = stored["learner"], stored["env"]
+            self.algo, self.step = str(ckpt["updater"]["algo"]), int(ckpt["updater"]["step"])
+            self.alpha, self.gamma = float(learner["alpha"]), float(learner["gamma"])
+            state = ckpt["updater"]["critics"]
+            hidden, network = tuple(learner.get("hidden") or ()) or None, learner.get("network", "default")
+            self.env, kwargs = str(env["name"]), dict(env.get("kwargs") or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise CheckpointError(f"{path} is not a valid checkpoint: {reason}") from None
+        if env_name is not None and canonical_name(env_name) != canonical_name(self.env):
+            raise CheckpointError(f"checkpoint {path} was trained on env {self.env!r}, not {env_name!r}")
+        self.env_kwargs = kwargs if env_kwargs is None else dict(env_kwargs)
+        from mamql.learner.networks import build_critics, build_joint_critics
+
+        try:
+            spec = env_spec(self.env, **self.env_kwargs)
+            critics = (build_joint_critics if self.algo == "iqlma" else build_critics)(spec, hidden, network)
+            for agent, module in critics.items():
+                module.load_state_dict(state[agent], strict=True)
+        except (KeyError, RuntimeError, ValueError) as exc:  # another agent set, other shapes (env.kwargs)
+            reason = f"no critic for agent {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise CheckpointError(f"checkpoint {path} does not fit env {self.env!r} "
+                                  f"{self.env_kwargs or ''}: {reason}") from None
+        self.critics = critics
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        self.sha256 = h.hexdigest()
+
+    def policy(self, temperature: float | None = None, mode: str = "sample", epsilon: float = 0.0,
+               seed: int | None = None) -> BoltzmannPolicy:
+        """Boltzmann(Q/temperature) over a copy of the critics; temperature None: the checkpoint's alpha."""
+        return BoltzmannPolicy(copy.deepcopy(self.critics), alpha=self.alpha if temperature is None else temperature,
+                               mode=mode, epsilon=epsilon, seed=seed)
+
+    def info(self, temperature: float | None = None, mode: str = "sample") -> dict:
+        """Where demonstrations came from, for dataset manifests and .npz metadata: `alpha` is the
+        temperature sampled at (`sampling`: sample or greedy), `gamma` and `learner_alpha` the
+        checkpoint's training config."""
+        return {"kind": "checkpoint", "checkpoint": self.path, "sha256": self.sha256, "algo": self.algo,
+                "step": self.step, "env": self.env, "alpha": self.alpha if temperature is None else float(temperature),
+                "learner_alpha": self.alpha, "gamma": self.gamma, "sampling": mode}

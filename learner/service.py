@@ -7,7 +7,8 @@ network, from a prefetching sample stream, so an update waits on replay only whe
 cannot keep up. Every `weights.publish_every` updates the policy weights go out as a new version
 over the weight service this process hosts (learner/weight_service.py), named by this learner's
 epoch (random at a fresh start, kept by --resume) and carrying learner.alpha, the temperature the
-actors then sample at.
+actors then sample at. learner.algo=soft-q learns from the online rows' env rewards: it loads no
+demonstrations and samples online rows only.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def weights_to_numpy(tensors: dict, wire_dtype: str) -> tuple[dict[str, np.ndarr
 
 
 class LearnerService:
-    def __init__(self, config: Config, replay_address: str, demos_path: str, registry=None, run_dir: str | None = None):
+    def __init__(self, config: Config, replay_address: str, demos_path: str | None, registry=None,
+                 run_dir: str | None = None):
         import torch
 
         from mamql.envs.registry import env_spec
@@ -105,7 +107,13 @@ class LearnerService:
         from mamql.learner.updater import make_updater
         from mamql.learner.weight_service import SERVICE_NAME, WeightStore, serve_weights
         from mamql.replay.client import ReplayClient
+        from mamql.config import InputError
 
+        soft_q = config.learner.algo == "soft-q"
+        if soft_q and demos_path:
+            raise InputError("learner.algo=soft-q learns from the env's rewards and takes no --demos")
+        if not soft_q and not demos_path:
+            raise InputError(f"learner.algo={config.learner.algo} learns from demonstrations: give --demos")
         self.config = config
         self.registry = registry if registry is not None else new_registry()
         self.run_dir = Path(run_dir or Path(config.run.root) / config.run.name)
@@ -115,16 +123,18 @@ class LearnerService:
         self.spec = env_spec(config.env.name, **config.env.kwargs)
         self.updater = make_updater(self.spec, config.learner, config.learner.device)
         self.device = getattr(self.updater, "device", "cpu")
-        demos, meta = load_demos(demos_path)
-        warning = gamma_warning(meta, config.learner.gamma)
-        if warning:
-            log.warning(warning)
-        # only what the updater reads: reward-less demos load, and no device memory goes to unused fields
-        keep = [f"{k}/{a}" for a in self.spec.agents for k in DEMO_FIELDS] + ["done", "truncated"]
-        missing = [k for k in keep if k not in demos]
-        if missing:
-            raise DemosError(f"{demos_path} is not a valid demos file: missing field(s) {', '.join(missing)}")
-        self.expert = ExpertSampler({k: demos[k] for k in keep}, self.device, config.run.seed)
+        self.expert: ExpertSampler | None = None  # soft-q: none, it learns from rewards
+        if demos_path:
+            demos, meta = load_demos(demos_path)
+            warning = gamma_warning(meta, config.learner.gamma)
+            if warning:
+                log.warning(warning)
+            # only what the updater reads: reward-less demos load, and no device memory goes to unused fields
+            keep = [f"{k}/{a}" for a in self.spec.agents for k in DEMO_FIELDS] + ["done", "truncated"]
+            missing = [k for k in keep if k not in demos]
+            if missing:
+                raise DemosError(f"{demos_path} is not a valid demos file: missing field(s) {', '.join(missing)}")
+            self.expert = ExpertSampler({k: demos[k] for k in keep}, self.device, config.run.seed)
         self.metrics = LearnerMetrics(self.registry, self.spec.agents)
         self.security = rpc.Security.from_config(config.auth)
         self.client = ReplayClient(replay_address, self.security, config.replay.max_message_mb)
@@ -257,7 +267,8 @@ class LearnerService:
                 online = {k: np.require(v, requirements="W") for k, v in sample.batch.items()}
                 self.observe_lag(online)
                 started = time.perf_counter()
-                terms = self.updater.update(self.expert.sample(cfg.batch_size), online)
+                expert = self.expert.sample(cfg.batch_size) if self.expert else None
+                terms = self.updater.update(expert, online)
                 self.metrics.update_seconds.observe(time.perf_counter() - started)
                 self.metrics.updates.inc()
                 self.metrics.consumed.inc(len(online["done"]))

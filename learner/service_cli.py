@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("learner", help="train from a replay service and publish weights to actors")
     add_config_args(p)
     p.add_argument("--replay", required=True, metavar="HOST:PORT", help="replay service address")
-    p.add_argument("--demos", required=True, metavar="PATH", help="expert demonstrations (mamql demos collect)")
+    p.add_argument("--demos", default=None, metavar="PATH",
+                   help="expert demonstrations (mamql demos collect); every algo but soft-q needs them")
     p.add_argument("--steps", type=int, default=None, help="stop after this many updates (default learner.steps; 0 = forever)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest learner checkpoint")
     p.add_argument("--run-dir", default=None, help="default runs/<run.name>")

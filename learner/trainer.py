@@ -7,7 +7,11 @@ and what CPU users run:
   repeat: roll out the current Boltzmann policies (sampling, alpha) for a few vector-env steps
           into the FIFO online table; sample batch_size expert + batch_size online rows;
           updater.update(expert, online)
-  every log_every:        loss terms per agent, Q gap, updates/s -> runs/<name>/metrics.jsonl
+  every log_every:        loss terms per agent, Q gap, rollout return per agent, updates/s
+                          -> runs/<name>/metrics.jsonl
+
+algo soft-q learns from the env's rewards instead of demonstrations: no expert table (demos is
+None), online rows keep `reward/<agent>`, and only online rows are sampled.
   every eval_every:       greedy and sampled mean return per agent
   every checkpoint_every: runs/<name>/checkpoints/learner_<step>.pt
 
@@ -30,7 +34,8 @@ import numpy as np
 from mamql.config import Config, ReplayConfig, TableConfig, dump_config, to_dict
 
 EXPERT, ONLINE = "expert", "online"
-TRAIN_FIELDS = ("obs", "action", "next_obs")  # the learner never reads rewards: demos need none (learner.demos)
+TRAIN_FIELDS = ("obs", "action", "next_obs")  # the IRL learner never reads rewards: demos need none (learner.demos)
+SOFT_Q_FIELDS = (*TRAIN_FIELDS, "reward")  # forward soft-Q learns from the online rows' env rewards
 
 
 def run_dir_of(config: Config) -> Path:
@@ -42,13 +47,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _train_fields(batch: Mapping[str, np.ndarray], agents: list[str]) -> dict[str, np.ndarray]:
-    keep = [f"{k}/{a}" for a in agents for k in TRAIN_FIELDS] + ["done", "truncated"]
+def _train_fields(batch: Mapping[str, np.ndarray], agents: list[str],
+                  fields: tuple[str, ...] = TRAIN_FIELDS) -> dict[str, np.ndarray]:
+    keep = [f"{k}/{a}" for a in agents for k in fields] + ["done", "truncated"]
     return {k: np.asarray(batch[k]) for k in keep}
 
 
 class Trainer:
-    def __init__(self, config: Config, demos: Mapping[str, np.ndarray], run_dir: str | Path | None = None,
+    def __init__(self, config: Config, demos: Mapping[str, np.ndarray] | None, run_dir: str | Path | None = None,
                  resume: bool = False, progress: bool = True, demos_meta: Mapping[str, Any] | None = None):
         from mamql.envs import env_spec
         from mamql.envs.experts import make_expert
@@ -74,26 +80,27 @@ class Trainer:
                 raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_dir}")
             load_checkpoint(ckpt, self.updater)
             self.resumed_from = str(ckpt)
-        self.demos = _train_fields(demos, self.agents)
-        warning = gamma_warning(demos_meta or {}, lc.gamma)
-        if warning:
-            logging.getLogger("mamql.learner").warning(warning)
-        n_demos = len(self.demos["done"])
+        self.soft_q = lc.algo == "soft-q"
+        if (demos is None) != self.soft_q:
+            raise ValueError("algo soft-q takes no demos; every other algo needs them")
+        self.online_fields = SOFT_Q_FIELDS if self.soft_q else TRAIN_FIELDS
+        tables = [TableConfig(name=ONLINE, capacity=lc.online_capacity)]
+        if not self.soft_q:
+            self.demos = _train_fields(demos, self.agents)
+            warning = gamma_warning(demos_meta or {}, lc.gamma)
+            if warning:
+                logging.getLogger("mamql.learner").warning(warning)
+            tables.insert(0, TableConfig(name=EXPERT, capacity=len(self.demos["done"]), read_only=True))
         step = self.updater.step
         seed = config.run.seed + 7919 * step  # resumed runs get fresh but deterministic streams
-        self.replay = LocalReplay(
-            ReplayConfig(tables=(
-                TableConfig(name=EXPERT, capacity=n_demos, read_only=True),
-                TableConfig(name=ONLINE, capacity=lc.online_capacity),
-            )),
-            seed=seed,
-        )
-        self.replay.load(EXPERT, self.demos)
+        self.replay = LocalReplay(ReplayConfig(tables=tuple(tables)), seed=seed)
+        if not self.soft_q:
+            self.replay.load(EXPERT, self.demos)
         self.env = VectorEnv(config.env.name, config.actor.num_envs, seed=seed, **env_kwargs)
         self.obs = self.env.reset()
         # the rollout policy acts on its own CPU copy of the weights, refreshed every iteration
         self.policy = policy_from(self.updater, "sample", alpha=lc.alpha, seed=seed)
-        self.rollout_returns: list[float] = []
+        self.rollout_returns: list[np.ndarray] = []  # per finished episode: return of each agent
         self.written_checkpoint: Path | None = None  # the newest checkpoint this Trainer wrote
         self._seed_online(make_expert(config.env.name, kind="random", seed=seed, **env_kwargs))
 
@@ -102,10 +109,11 @@ class Trainer:
 
         actions = policy.act(self.obs)
         result = self.env.step(actions)
-        self.replay.insert(ONLINE, _train_fields(transition_batch(self.obs, actions, result), self.agents))
+        self.replay.insert(ONLINE, _train_fields(transition_batch(self.obs, actions, result), self.agents,
+                                                 self.online_fields))
         self.obs = result.obs
         if len(result.finished_ids):
-            self.rollout_returns.extend(np.mean([result.episode_returns[a] for a in self.agents], axis=0).tolist())
+            self.rollout_returns.extend(np.stack([result.episode_returns[a] for a in self.agents], axis=1))
 
     def _seed_online(self, random_policy) -> None:
         steps = -(-self.config.learner.seed_transitions // self.env.num_envs)
@@ -164,7 +172,7 @@ class Trainer:
             self.policy.load_flat(u.policy_weights())
             for _ in range(lc.rollout_steps_per_update):
                 self._step_env(self.policy)
-            expert = self.replay.sample(EXPERT, lc.batch_size).batch
+            expert = None if self.soft_q else self.replay.sample(EXPERT, lc.batch_size).batch
             online = self.replay.sample(ONLINE, lc.batch_size).batch
             logs = u.update(expert, online)
             for k, v in logs.items():
@@ -173,14 +181,17 @@ class Trainer:
             bar.update(1)
             if u.step % lc.log_every == 0 or u.step == total:
                 dt = time.monotonic() - t0
+                per_agent = np.mean(self.rollout_returns, axis=0).tolist() if self.rollout_returns else None
                 record = {"step": u.step, "time": time.time(), "updates_per_s": count / max(dt, 1e-9),
                           **{k: v / count for k, v in sums.items()},
-                          "rollout_return": float(np.mean(self.rollout_returns)) if self.rollout_returns else None,
+                          "rollout_return": float(np.mean(per_agent)) if per_agent else None,
+                          **{f"rollout_return/{a}": r for a, r in zip(self.agents, per_agent or ())},
                           "online_size": self.replay.info()[ONLINE].size}
                 self._log(record)
                 gaps = [record.get(f"{a}/q_gap", record.get(f"{a}/loss")) for a in self.agents]
+                ret = "/".join(f"{r:.1f}" for r in per_agent) if per_agent else None  # mean return per agent
                 bar.set_postfix(loss=f"{np.mean([record[f'{a}/loss'] for a in self.agents]):.3f}",
-                                gap=f"{np.mean(gaps):.2f}", ret=record["rollout_return"], ups=f"{record['updates_per_s']:.2f}")
+                                gap=f"{np.mean(gaps):.2f}", ret=ret, ups=f"{record['updates_per_s']:.2f}")
                 sums, count, t0 = {}, 0, time.monotonic()
                 self.rollout_returns.clear()
             if (lc.eval_every and u.step % lc.eval_every == 0) or u.step == total:
@@ -201,7 +212,7 @@ class Trainer:
         self.replay.close()
 
 
-def train(config: Config, demos: Mapping[str, np.ndarray], run_dir: str | Path | None = None, resume: bool = False,
+def train(config: Config, demos: Mapping[str, np.ndarray] | None, run_dir: str | Path | None = None, resume: bool = False,
           steps: int | None = None, progress: bool = True, demos_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     trainer = Trainer(config, demos, run_dir, resume=resume, progress=progress, demos_meta=demos_meta)
     try:

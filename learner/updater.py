@@ -17,6 +17,9 @@ Algorithms:
   iqlma  per-agent joint-action critics Q_i(s, a_1..a_n), iqlma_loss; actors act by the marginal.
   bc     per-agent logits trained by cross-entropy on expert actions; the online batch is ignored.
          The logits double as a critic so the same BoltzmannPolicy (alpha = 1) acts from them.
+  soft-q forward soft-Q learning from each agent's own env reward (soft_q_loss) on online rows
+         only (no demonstrations: `expert` may be None); trains soft-optimal experts. V(s') always
+         comes from a Polyak-averaged target critic: learner.target_tau, or SOFT_Q_TARGET_TAU when 0.
 """
 
 from __future__ import annotations
@@ -31,11 +34,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mamql.learner.losses import bc_loss, gather_actions, iqlma_loss, mamql_loss
+from mamql.learner.losses import bc_loss, gather_actions, iqlma_loss, mamql_loss, soft_q_loss
 from mamql.learner.networks import build_critics, build_joint_critics, forward_current_next
 from mamql.learner.policy import flatten_weights
 
-ALGOS = ("mamql", "iqlma", "bc")
+ALGOS = ("mamql", "iqlma", "bc", "soft-q")
+# soft-q's target-critic rate when learner.target_tau is 0: SAC's 0.005 (Haarnoja et al. 2018). A
+# soft-Q regression bootstrapping from the critic it trains chases its own target and can diverge;
+# at 0.005 the target's time constant is 200 updates, short next to a run of thousands.
+SOFT_Q_TARGET_TAU = 0.005
 # L2 weight decay from the paper per env (Gems 1e-5; Overcooked/kitchen and the rest 1e-4).
 PAPER_WEIGHT_DECAY = {"gems": 1e-5}
 DEFAULT_WEIGHT_DECAY = 1e-4
@@ -96,6 +103,8 @@ class Updater:
         self.step = 0
         self.perms: Tensor | None = None  # learner.augment=symmetry: action permutations [8, A]
         augment = getattr(config, "augment", "none")
+        if augment != "none" and algo == "soft-q":
+            raise ValueError("learner.augment transforms demonstrations; algo soft-q has none (set learner.augment=none)")
         if augment == "symmetry":
             from mamql.envs.symmetry import env_symmetries
 
@@ -108,6 +117,8 @@ class Updater:
         # optional target critics for V(s') (learner.target_tau > 0): the bootstrap target then moves
         # slowly instead of with every step, the usual cure for a soft-Q critic that drifts late in training
         self.target_tau = float(getattr(config, "target_tau", 0.0))
+        if algo == "soft-q" and self.target_tau <= 0:
+            self.target_tau = SOFT_Q_TARGET_TAU
         self.targets: dict[str, nn.Module] = {}
         if self.target_tau > 0 and algo != "bc":
             for a, m in self.critics.items():
@@ -118,8 +129,12 @@ class Updater:
         t = torch.as_tensor(x).to(self.device, non_blocking=True)
         return t if dtype is None else t.to(dtype)
 
-    def update(self, expert: Mapping[str, np.ndarray | Tensor], online: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
-        """One iteration: one Adam step per agent (random order). Returns "<agent>/<term>" floats."""
+    def update(self, expert: Mapping[str, np.ndarray | Tensor] | None,
+               online: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
+        """One iteration: one Adam step per agent (random order). Returns "<agent>/<term>" floats.
+        soft-q reads only `online` (with `reward/<agent>`); `expert` may be None there."""
+        if self.algo == "soft-q":
+            return self._update_soft_q(online)
         if self.perms is not None:
             expert = self._augmented(expert)
         if self.algo == "bc":
@@ -136,7 +151,7 @@ class Updater:
         logs: dict[str, float] = {}
         for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
             agent = self.agents[i]
-            critic, opt = self.critics[agent], self.optimizers[agent]
+            opt = self.optimizers[agent]
             forward = self.forwards[agent]
             if agent in self.targets:
                 q = forward(cat(f"obs/{agent}"))
@@ -152,10 +167,34 @@ class Updater:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if agent in self.targets:
-                with torch.no_grad():
-                    for t, p in zip(self.targets[agent].parameters(), critic.parameters()):
-                        t.lerp_(p, self.target_tau)
+            self._track_target(agent)
+            logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
+        self.step += 1
+        return logs
+
+    def _track_target(self, agent: str) -> None:
+        """Polyak step of the agent's target critic towards its critic (when it has one)."""
+        if agent in self.targets:
+            with torch.no_grad():
+                for t, p in zip(self.targets[agent].parameters(), self.critics[agent].parameters()):
+                    t.lerp_(p, self.target_tau)
+
+    def _update_soft_q(self, online: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
+        done = self._tensor(online["done"], torch.float32)  # the TERMINAL flag only; truncation bootstraps
+        logs: dict[str, float] = {}
+        for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
+            agent = self.agents[i]
+            q = self.forwards[agent](self._tensor(online[f"obs/{agent}"]))
+            with torch.no_grad():
+                q_next = self.targets[agent](self._tensor(online[f"next_obs/{agent}"]))
+            loss, terms = soft_q_loss(q, q_next, self._tensor(online[f"action/{agent}"], torch.long),
+                                      self._tensor(online[f"reward/{agent}"], torch.float32), done,
+                                      gamma=self.gamma, alpha=self.alpha)
+            opt = self.optimizers[agent]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            self._track_target(agent)
             logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
         self.step += 1
         return logs

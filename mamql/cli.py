@@ -85,10 +85,18 @@ def check_args(args: argparse.Namespace) -> None:
         except KeyError as exc:
             raise InputError(f"--env: {exc.args[0]}") from None
         expert = getattr(args, "expert", None)
-        if isinstance(expert, str) and not getattr(args, "demos", None):  # commands that run an expert
+        runs_expert = not getattr(args, "demos", None) and getattr(args, "algo", None) != "soft-q"
+        if isinstance(expert, str) and runs_expert:  # commands that run an expert (soft-q needs none)
             from mamql.envs.experts import check_expert
 
-            check_expert(env, expert)
+            check_expert(env, expert)  # a checkpoint:PATH expert is read and matched to the env here
+    temperature = getattr(args, "temperature", None)
+    if temperature is not None:
+        if not temperature > 0:
+            raise InputError(f"--temperature must be > 0, got {temperature}")
+        expert = getattr(args, "expert", None)
+        if isinstance(expert, str) and not expert.startswith("checkpoint:"):
+            raise InputError(f"--temperature is the sampling temperature of a checkpoint:PATH expert, not of {expert!r}")
     if getattr(args, "demos", None):
         from mamql.learner.demos import check_demos
 

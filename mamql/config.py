@@ -80,7 +80,8 @@ class ReplayConfig:
 class ActorConfig:
     num_envs: int = 8
     mode: str = "learned"  # learned | expert | random
-    expert: str = "scripted"
+    expert: str = "scripted"  # scripted | random | checkpoint:PATH (a learner checkpoint of this env)
+    expert_temperature: float = 0.0  # checkpoint experts sample Boltzmann(Q/this); 0 = the checkpoint's learner.alpha
     epsilon: float = 0.0
     send_batch_size: int = 256  # transitions per Insert message
     send_queue_batches: int = 64  # bounded buffer while replay is slow or away
@@ -90,7 +91,8 @@ class ActorConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    algo: str = "mamql"  # mamql | iqlma | bc
+    # mamql | iqlma | bc learn from demonstrations; soft-q learns from the env's rewards (no demos)
+    algo: str = "mamql"  # mamql | iqlma | bc | soft-q
     device: str = "auto"  # auto | cpu | cuda
     steps: int = 2_000
     batch_size: int = 256  # per agent, per source (expert and online)
@@ -108,7 +110,9 @@ class LearnerConfig:
     value_term: str = "online"  # online | value | expert | v0 (see learner.losses.mamql_loss)
     chi2_on_policy: bool = False
     augment: str = "none"  # none | symmetry (expert rows under the grid's 8 rotations/reflections; envs.symmetry)
-    target_tau: float = 0.0  # > 0: V(s') from a Polyak-averaged target critic (tau per update); 0 = none (reference)
+    # > 0: V(s') from a Polyak-averaged target critic (tau per update); 0 = none (reference), except for
+    # soft-q, which always has one: 0 there means learner.updater.SOFT_Q_TARGET_TAU (0.005)
+    target_tau: float = 0.0
     chi2_alpha: float = 0.0  # alpha of the chi^2 regulariser (coef 1/(4 chi2_alpha)); <= 0 = the temperature alpha
     log_every: int = 50
     checkpoint_every: int = 500
@@ -312,7 +316,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 # --------------------------------------------------------------------------- validation
 
-ALGOS = ("mamql", "iqlma", "bc")  # learner.updater.ALGOS (not imported here: it pulls in torch)
+ALGOS = ("mamql", "iqlma", "bc", "soft-q")  # learner.updater.ALGOS (not imported here: it pulls in torch)
 ACTOR_MODES = ("learned", "expert", "random")
 EXPERTS = ("scripted", "random")
 NETWORKS = ("default", "mlp", "linear")  # learner.networks.NETWORKS
@@ -340,11 +344,11 @@ def validate(config: Config) -> Config:
     except KeyError as exc:
         problems.append(f"env.name: {exc.args[0]}")
     else:
-        if actor.mode == "expert" and actor.expert in EXPERTS:
+        if actor.mode == "expert" and (actor.expert in EXPERTS or actor.expert.startswith("checkpoint:")):
             from mamql.envs.experts import NoExpertError, check_expert
 
-            try:
-                check_expert(config.env.name, actor.expert)
+            try:  # a checkpoint is only looked for here (no torch); commands that start actors load it
+                check_expert(config.env.name, actor.expert, load=False)
             except NoExpertError as exc:
                 problems.append(f"actor.expert: {exc}")
     need(learner.network in NETWORKS, f"learner.network must be one of {', '.join(NETWORKS)}, got {learner.network!r}")
@@ -354,11 +358,16 @@ def validate(config: Config) -> Config:
     need(0.0 < learner.gamma <= 1.0, f"learner.gamma must be in (0, 1], got {learner.gamma}")
     need(learner.alpha > 0.0, f"learner.alpha must be > 0, got {learner.alpha}")
     need(learner.algo in ALGOS, f"learner.algo must be one of {', '.join(ALGOS)}, got {learner.algo!r}")
+    need(learner.algo != "soft-q" or learner.augment == "none",
+         f"learner.augment={learner.augment} transforms demonstrations; learner.algo=soft-q has none")
+    need(0.0 <= learner.target_tau <= 1.0, f"learner.target_tau must be in [0, 1], got {learner.target_tau}")
     need(learner.batch_size >= 1, f"learner.batch_size must be >= 1, got {learner.batch_size}")
     need(learner.expert_transitions >= 1, f"learner.expert_transitions must be >= 1, got {learner.expert_transitions}")
     need(actor.num_envs >= 1, f"actor.num_envs must be >= 1, got {actor.num_envs}")
     need(actor.mode in ACTOR_MODES, f"actor.mode must be one of {', '.join(ACTOR_MODES)}, got {actor.mode!r}")
-    need(actor.expert in EXPERTS, f"actor.expert must be one of {', '.join(EXPERTS)}, got {actor.expert!r}")
+    need(actor.expert in EXPERTS or actor.expert.startswith("checkpoint:"),
+         f"actor.expert must be one of {', '.join(EXPERTS)} or checkpoint:PATH, got {actor.expert!r}")
+    need(actor.expert_temperature >= 0.0, f"actor.expert_temperature must be >= 0, got {actor.expert_temperature}")
     for section in ("replay", "weights", "metrics"):
         port = getattr(config, section).port
         need(0 <= port <= 65535, f"{section}.port must be 0 (any free port) to 65535, got {port}")

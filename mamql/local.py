@@ -1,7 +1,8 @@
 """`mamql local`: the whole system on one machine, as real separate processes on 127.0.0.1.
 
 Order of events: resolve the config and create the run directory (a new one, or with `--resume`
-an existing run's); collect expert demonstrations (unless given); start replay, then the learner
+an existing run's); collect expert demonstrations (unless given; `--algo soft-q` learns from the
+env's rewards and needs none); start replay, then the learner
 (which hosts the weight service), then the actors: each binds port 0, reports its ports in a port
 file and is waited for (the servers until gRPC health answers SERVING); print one status line per
 interval from the processes' own /metrics endpoints; when the learner has done its steps, or on
@@ -24,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from mamql.config import Config, InputError, dump_config, with_updates
+from mamql.config import ALGOS, Config, InputError, dump_config, with_updates
 from mamql.supervisor import Supervisor, grpc_serving, scrape, total
 
 MAX_ACTOR_RESTARTS = 5
@@ -33,6 +34,7 @@ ACTOR_GRACE_S = 30.0  # a stopping actor's drain (<= 10 s for its last batch, <=
 
 def register(sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
+    from mamql.envs.experts import expert_arg
 
     p = sub.add_parser("local", help="run replay, learner and actors as local processes (the main job)")
     add_config_args(p)
@@ -40,12 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--actors", type=int, default=None, help="actor processes (default 2, or the resumed run's)")
     p.add_argument("--num-envs", type=int, default=None, help="env copies per actor (actor.num_envs)")
     p.add_argument("--steps", type=int, default=None, help="learner updates (learner.steps)")
-    p.add_argument("--algo", default=None, choices=["mamql", "iqlma", "bc"], help="learner.algo")
+    p.add_argument("--algo", default=None, choices=list(ALGOS),
+                   help="learner.algo (soft-q: forward soft-Q learning from the env's rewards, no demos)")
     p.add_argument("--gamma", type=float, default=None, help="the discount (learner.gamma)")
     p.add_argument("--demos", default=None, metavar="PATH", help="expert demos; default: collect them first")
     p.add_argument("--expert-transitions", type=int, default=20_000, help="demos to collect when --demos is absent")
-    p.add_argument("--expert", choices=["scripted", "random"], default="scripted",
-                   help="who plays the demos collected when --demos is absent (scripted: envs that have one)")
+    p.add_argument("--expert", type=expert_arg, default="scripted",
+                   help="who plays the demos collected when --demos is absent (scripted: envs that have one; "
+                        "random; checkpoint:PATH, a learner checkpoint of this env)")
     p.add_argument("--run-name", default=None, help="run directory name under run.root (default: a new unique one)")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue run RUN (a name under run.root, or its directory) with its config.yaml and "
@@ -151,7 +155,12 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     from mamql.cli import config_from_args, make_run_dir
 
     if not args.resume:
-        return make_run_dir(config_from_args(args, FLAGS), "local")
+        config = check_demos_wanted(config_from_args(args, FLAGS), args.demos)
+        if not args.demos and config.learner.algo != "soft-q":  # demos will be collected: can the expert?
+            from mamql.envs.experts import check_expert
+
+            check_expert(config.env.name, args.expert)  # also matches a checkpoint:PATH expert to the env
+        return make_run_dir(config, "local")
     if args.config or args.run_name:
         raise InputError("--resume RUN continues that run with its own config.yaml: drop --config and --run-name")
     path = Path(config_from_args(args).run.root) / args.resume
@@ -160,9 +169,17 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     if not (path / "config.yaml").is_file():
         raise InputError(f"--resume: no run directory with a config.yaml at {args.resume} or under run.root")
     config = config_from_args(argparse.Namespace(**{**vars(args), "config": str(path / "config.yaml")}), FLAGS)
+    check_demos_wanted(config, args.demos)
     if Path(config.run.root).resolve() != path.parent.resolve():  # given as a directory elsewhere
         config = with_updates(config, run={"root": str(path.parent.resolve())})
     return with_updates(config, run={"name": path.name}), path
+
+
+def check_demos_wanted(config: Config, demos: str | None) -> Config:
+    """soft-q learns from the env's rewards: demos given to it are a mistake, refused in one line."""
+    if demos and config.learner.algo == "soft-q":
+        raise InputError("--algo soft-q learns from the env's rewards and takes no --demos")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -242,13 +259,15 @@ def run_system(config: Config, actors: int, demos: str | None, expert_transition
     sup = Supervisor(run_dir / "logs", die_with_parent=True)
     say(f"mamql local: {'resuming' if resume else 'run directory'} {run_dir}")
 
-    if not demos:
+    soft_q = config.learner.algo == "soft-q"  # learns from the env's rewards: no demos
+    if not demos and not soft_q:
         demos = str(run_dir / "demos.npz")
         if not Path(demos).exists():
             code = collect_demos_process(sup, config_path, expert_transitions, demos, stop, config.run.seed, expert)
             if code != 0:
                 return code if code == 130 else 1
-    (run_dir / "local.json").write_text(json.dumps({"actors": actors, "demos": str(Path(demos).resolve())}))
+    saved_demos = None if soft_q else str(Path(demos).resolve())
+    (run_dir / "local.json").write_text(json.dumps({"actors": actors, "demos": saved_demos}))
 
     serving = grpc_serving(Security.from_config(config.auth))
     common = ["--config", str(config_path)]
@@ -262,8 +281,8 @@ def run_system(config: Config, actors: int, demos: str | None, expert_transition
         replay = sup.start("replay", replay_args, port_file=True)
         sup.wait_ready(replay, serving)
         replay_address = f"127.0.0.1:{replay.grpc_port}"
-        learner = sup.start("learner", ["learner", *common, *ports, "--replay", replay_address, "--demos", demos,
-                                        "--run-dir", str(run_dir), "--set", "weights.host=127.0.0.1",
+        learner = sup.start("learner", ["learner", *common, *ports, "--replay", replay_address,
+                                        *([] if soft_q else ["--demos", demos]), "--run-dir", str(run_dir), "--set", "weights.host=127.0.0.1",
                                         "--set", "weights.port=0", *(["--resume"] if resume else [])],
                             port_file=True)
         sup.wait_ready(learner, serving)

@@ -69,6 +69,16 @@ def spec_to_dict(spec) -> dict:
     }
 
 
+def expert_summary(expert: Mapping[str, Any]) -> str:
+    """One line naming a manifest's `expert`: its kind, and for a learner checkpoint the file, its
+    sha256, the temperature sampled at and the gamma it was trained for."""
+    if expert.get("kind") != "checkpoint":
+        return f"{expert.get('kind', 'unknown')}" + (f" (epsilon {expert['epsilon']})" if expert.get("epsilon") else "")
+    return (f"checkpoint {expert.get('checkpoint')} ({expert.get('algo')} step {expert.get('step')}, sha256 "
+            f"{str(expert.get('sha256'))[:12]}, {expert.get('sampling', 'sample')} at alpha {expert.get('alpha')}, "
+            f"gamma {expert.get('gamma')})")
+
+
 def is_dataset(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 

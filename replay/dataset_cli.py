@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from mamql.replay.dataset import DatasetError, read_manifest
+    from mamql.replay.dataset import DatasetError, expert_summary, read_manifest
 
     try:
         m = read_manifest(args.path)
@@ -48,7 +48,7 @@ def run_info(args: argparse.Namespace) -> int:
     mean_len = c["transitions"] / c["episodes"] if c["episodes"] else 0.0
     print(f"{c['transitions']} transitions, {c['episodes']} episodes (mean length {mean_len:.1f}), "
           f"{c['shards']} shards, {sum(s['bytes'] for s in m['shards']) / 2**20:.1f} MiB")
-    print(f"expert: {m.get('expert', {})}")
+    print(f"expert: {expert_summary(m.get('expert', {}))}")
     for a, r in m["returns"].items():
         if r["episodes"]:
             print(f"  return {a}: {r['mean']:.3f} ± {r['std']:.3f} [{r['min']:.2f}, {r['max']:.2f}]")

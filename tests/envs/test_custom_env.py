@@ -44,6 +44,7 @@ def test_linear_critic_is_a_q_table():
     (["envs", "play", "--env", SPEC], "has no scripted expert (envs with one: gems, kitchen); use --expert random"),
     (["envs", "play", "--env", "mpe/simple_spread"], "has no scripted expert"),
     (["local", "--env", SPEC], "has no scripted expert"),
+    (["local", "--set", f"env.name={SPEC}"], "has no scripted expert"),  # env from the config, not --env
     (["train", "--env", SPEC, "--steps", "1"], "has no scripted expert"),
     (["train", "--env", SPEC, "--set", "learner.network=conv"], "learner.network must be one of default, mlp, linear"),
 ])
@@ -99,3 +100,13 @@ def test_every_command_runs_the_custom_env(tmp_path):
     assert max(s for s in steps if s is not None) == 6  # the learner finished its updates
     status = [json.loads(line) for line in (tmp_path / "l" / "status.jsonl").read_text().splitlines()]
     assert status[-1]["episodes"] > 0  # the actor played the corridor
+
+
+def test_soft_q_needs_no_expert_so_an_env_without_one_is_accepted(tmp_path):
+    from mamql.cli import build_parser, check_args
+    from mamql.local import resolve
+
+    args = build_parser().parse_args(["local", "--algo", "soft-q", "--env", SPEC, "--set", f"run.root={tmp_path}"])
+    check_args(args)  # no "has no scripted expert"
+    config, run_dir = resolve(args)
+    assert config.learner.algo == "soft-q" and run_dir.is_dir()

@@ -19,6 +19,7 @@ from mamql.learner.losses import (
     marginalize_joint_q,
     recover_reward,
     recover_reward_from_q,
+    soft_q_loss,
     soft_value,
     split_joint_action_index,
 )
@@ -244,3 +245,33 @@ def test_epic_canonical_correlation_ignores_shaping():
     assert affine_fit_metrics(shaped(s, a, s2), true(s, a, s2))["pearson"] < 0.9  # raw one is fooled
     rho = epic_canonical_correlation(true, lambda s, a, s2: other[s, a, s2], s, a, s2, pool_s, pool_a, gamma)
     assert abs(rho) < 0.5
+
+
+def test_soft_q_loss_by_hand():
+    # Two rows, gamma 0.5, alpha 1. Target critic at s': [0, log 3] -> V = log 4 on both rows.
+    #   row 0: not terminal, y = 1 + 0.5 log 4 = 1 + log 2; Q(s, a=1) = 2 -> error 1 - log 2
+    #   row 1: terminal,     y = -1 (no bootstrap);          Q(s, a=0) = 0.5 -> error 1.5
+    q = torch.tensor([[0.0, 2.0], [0.5, 3.0]], requires_grad=True)
+    q_next = torch.tensor([[0.0, L3], [0.0, L3]])
+    loss, terms = soft_q_loss(q, q_next, torch.tensor([1, 0]), torch.tensor([1.0, -1.0]), torch.tensor([0.0, 1.0]),
+                              gamma=0.5, alpha=1.0)
+    e0, e1 = 1.0 - L2, 1.5
+    assert float(loss) == pytest.approx((e0**2 + e1**2) / 2, abs=1e-6)
+    assert terms["target"] == pytest.approx(((1 + L2) + -1) / 2, abs=1e-6)
+    assert terms["q"] == pytest.approx(1.25) and terms["reward"] == pytest.approx(0.0)
+    assert terms["soft_value"] == pytest.approx((math.log(1 + math.e**2) + math.log(math.e**0.5 + math.e**3)) / 2, abs=1e-6)
+    loss.backward()
+    # d/dQ(s,a) of the mean squared error: 2 (Q - y) / N on the taken action, 0 elsewhere; nothing flows
+    # into the target (it is a constant of the regression)
+    assert torch.allclose(q.grad, torch.tensor([[0.0, e0], [e1, 0.0]]), atol=1e-6)
+
+
+def test_soft_q_loss_alpha_and_no_gradient_into_the_target():
+    # alpha = 2: V(s') = 2 log(e^0 + e^(2 log 3 / 2)) = 2 log 4; y = 0 + 0.5 * 2 log 4 = 2 log 2
+    q = torch.tensor([[2 * L2 + 1.0, 0.0]], requires_grad=True)
+    q_next = torch.tensor([[0.0, 2 * L3]], requires_grad=True)
+    loss, terms = soft_q_loss(q, q_next, torch.tensor([0]), torch.tensor([0.0]), torch.tensor([False]),
+                              gamma=0.5, alpha=2.0, as_floats=False)
+    assert float(loss) == pytest.approx(1.0, abs=1e-6) and float(terms["target"]) == pytest.approx(2 * L2)
+    loss.backward()
+    assert q_next.grad is None and torch.allclose(q.grad, torch.tensor([[2.0, 0.0]]))
