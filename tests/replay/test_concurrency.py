@@ -17,7 +17,7 @@ from replay_helpers import REPO, gems_batch, make_config
 BATCHES, ROWS = 20, 16
 SUBPROCESS_WRITER = f"""
 import sys
-sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests' / 'replay')!r})
+sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}, {str(REPO / 'tests' / 'replay')!r}]
 from mamql.replay.client import ReplayClient
 from replay_helpers import gems_batch
 client = ReplayClient(sys.argv[1])
