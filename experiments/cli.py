@@ -1,4 +1,4 @@
-"""`mamql experiment --suite NAME` and `mamql plot DIR...`."""
+"""`mamql experiment --suite NAME`, `mamql experts train` (experiments.experts) and `mamql plot DIR...`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("--out", default="results/ablation", help="writes OUT/ablation.jsonl and OUT/runs/<variant>/")
     ab.add_argument("--no-progress", action="store_true")
     ab.set_defaults(func=run_ablate)
+
+    from mamql.experiments.experts import register as register_experts
+
+    experts = sub.add_parser("experts", help="reference soft-optimal experts trained by mamql itself (soft-q)")
+    register_experts(experts.add_subparsers(dest="experts_command", metavar="ACTION", required=True))
 
     plot = sub.add_parser("plot", help="PNG plots of experiment results or run directories")
     plot.add_argument("dirs", nargs="+", metavar="DIR", help="results/<suite> directories or run directories")
