@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mamql.supervisor import die_with_parent_from_env
+
+    die_with_parent_from_env()  # a child of `mamql local`/`collect`: dies with it, even on kill -9
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

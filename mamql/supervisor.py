@@ -84,16 +84,27 @@ def grpc_serving(security=None, timeout: float = 2.0) -> Callable[[str], bool]:
     return lambda address: health_check(address, timeout=timeout, security=security)
 
 
-_libc = None
+PARENT_ENV = "MAMQL_DIE_WITH_PARENT"  # pid of the supervisor; the child arms PR_SET_PDEATHSIG itself
 
 
-def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
-    try:
-        _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (AttributeError, OSError):
+def die_with_parent_from_env() -> None:
+    """Called first thing in a `mamql` child: if a supervisor asked for it, have the kernel SIGKILL us
+    when it dies (PR_SET_PDEATHSIG), and exit at once if it already died before we got here.
+
+    Armed after exec, in the child, and not in a `preexec_fn`: code between fork and exec in a parent
+    with threads (gRPC's, from the health checks) can deadlock the child before exec, and Popen with
+    it, which hung `mamql local` under load."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if not parent or not sys.platform.startswith("linux"):
         return
-    if os.getppid() != parent:  # the parent died before prctl: nobody is left to signal us
-        os.kill(os.getpid(), signal.SIGKILL)
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the supervisor died before prctl: nobody is left to signal us
+        os._exit(1)
 
 
 class Supervisor:
@@ -103,18 +114,10 @@ class Supervisor:
     children (the main thread, or the one that also stops them)."""
 
     def __init__(self, log_dir: Path, die_with_parent: bool = False):
-        global _libc
         self.log_dir = log_dir
         self.die_with_parent = die_with_parent
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, Child] = {}
-        if die_with_parent and _libc is None:
-            import ctypes
-
-            try:  # loaded here, not in the forked child (no dlopen between fork and exec)
-                _libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            except OSError:
-                log.warning("no libc.so.6: children will not die with this process")
 
     def start(self, name: str, args: list[str], port_file: bool = False) -> Child:
         """Start `mamql ARGS`; with `port_file` the child gets `--port-file` and reports its ports
@@ -128,7 +131,7 @@ class Supervisor:
             child.port_file.unlink(missing_ok=True)  # a restarted child reports afresh
             child.grpc_port = child.metrics_port = 0
             extra = ["--port-file", str(child.port_file)]
-        parent = os.getpid()
+        env = {**os.environ, PARENT_ENV: str(os.getpid())} if self.die_with_parent else None
         log_file = open(child.log_path, "ab")
         child.popen = subprocess.Popen(
             [sys.executable, "-m", "mamql.cli", *child.args, *extra],
@@ -136,7 +139,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches only us; we stop children in order
-            preexec_fn=(lambda: _die_with_parent(parent)) if self.die_with_parent else None,
+            env=env,  # with PARENT_ENV the child arms PR_SET_PDEATHSIG (die_with_parent_from_env)
         )
         log_file.close()
         log.info("started %s (pid %d): mamql %s", name, child.popen.pid, " ".join(args))

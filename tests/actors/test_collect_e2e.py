@@ -135,7 +135,7 @@ def test_killed_collector_resumes_without_duplicates(tmp_path):
     args = [sys.executable, "-m", "mamql.cli",
             *collect_args(tmp_path, out, "--transitions", "6000", "--shard-transitions", "400")]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if (out / "manifest.json").exists() and read_manifest(out)["counts"]["shards"] >= 3:
             break
@@ -167,7 +167,9 @@ def test_killed_collector_resumes_without_duplicates(tmp_path):
     assert len(keys) == after["counts"]["episodes"] == report.episodes
     first = sum(s["episodes"] for s in before["shards"])
     assert set(batch["actor_id"][batch["step"] == 0][:first].tolist()) <= {0, 1}
-    assert set(batch["actor_id"][batch["step"] == 0][first:].tolist()) == {2, 3}
+    # the resumed actors' ids are fresh; which of them delivered the remaining episodes is timing
+    resumed = set(batch["actor_id"][batch["step"] == 0][first:].tolist())
+    assert resumed and resumed <= {2, 3}
 
 
 def test_collect_from_remote_replay_exact_episodes(tmp_path):
