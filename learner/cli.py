@@ -70,7 +70,6 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mamql.learner.demos import collect_demos, load_demos, save_demos
-    from mamql.learner.trainer import Trainer
     from mamql.cli import config_from_args, make_run_dir
 
     config = config_from_args(args, {"env": "env.name", "algo": "learner.algo", "steps": "learner.steps",
@@ -99,6 +98,13 @@ def _train(args: argparse.Namespace) -> int:
         demos, meta = collect_demos(config.env.name, n, seed=config.run.seed, env_kwargs=config.env.kwargs)
         save_demos(saved, demos, meta)
         print(f"expert: {json.dumps(meta['mean_return'])} mean return per agent -> {saved}", file=sys.stderr)
+    return _run_trainer(args, config, run_dir, demos, meta, demos_path=str(Path(args.demos) if args.demos else saved))
+
+
+def _run_trainer(args: argparse.Namespace, config, run_dir, demos, meta=None, demos_path: str | None = None) -> int:
+    """Train in `run_dir` and print the final JSON line (shared by the demo algos and soft-q)."""
+    from mamql.learner.trainer import Trainer
+
     print(f"mamql train: run directory {run_dir}", file=sys.stderr)
     try:
         trainer = Trainer(config, demos, run_dir, resume=args.resume, progress=not args.no_progress, demos_meta=meta)
@@ -109,7 +115,8 @@ def _train(args: argparse.Namespace) -> int:
         result = trainer.train()
     finally:
         trainer.close()
-    result["demos"] = str(Path(args.demos) if args.demos else saved)
+    if demos_path is not None:
+        result["demos"] = demos_path
     print(json.dumps(result))
     return 0
 
@@ -117,24 +124,12 @@ def _train(args: argparse.Namespace) -> int:
 def _train_soft_q(args: argparse.Namespace, config) -> int:
     """soft-q learns from the env's own rewards: no demos to load or collect."""
     from mamql.config import InputError
-    from mamql.learner.trainer import Trainer
     from mamql.cli import make_run_dir
 
     if args.demos:
         raise InputError("--algo soft-q learns from the env's rewards and takes no --demos")
     config, run_dir = make_run_dir(config, "train", resume=args.resume)
-    print(f"mamql train: run directory {run_dir}", file=sys.stderr)
-    try:
-        trainer = Trainer(config, None, run_dir, resume=args.resume, progress=not args.no_progress)
-    except FileNotFoundError as exc:  # --resume of a run without a checkpoint
-        print(f"mamql train: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        result = trainer.train()
-    finally:
-        trainer.close()
-    print(json.dumps(result))
-    return 0
+    return _run_trainer(args, config, run_dir, None)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
