@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mamql.envs.experts import expert_arg
+from mamql.envs.experts import add_checkpoint_expert_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,12 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lst.set_defaults(func=_list)
     play = envs_sub.add_parser("play", help="play episodes with an expert, print returns")
     play.add_argument("--env", default="gems", help="a name from `mamql envs list`, or package.module:ClassOrFactory")
-    play.add_argument("--expert", type=expert_arg, default="scripted",
-                      help="scripted (envs that have one, see `mamql envs list`), random, or checkpoint:PATH "
-                           "(a learner checkpoint of this env: samples Boltzmann(Q/alpha))")
-    play.add_argument("--temperature", type=float, default=None, metavar="ALPHA",
-                      help="sampling temperature of a checkpoint expert (default: the checkpoint's learner.alpha)")
-    play.add_argument("--greedy", action="store_true", help="a checkpoint expert takes argmax Q instead of sampling")
+    add_checkpoint_expert_args(play)
     play.add_argument("--episodes", type=int, default=5)
     play.add_argument("--seed", type=int, default=0)
     play.add_argument("--epsilon", type=float, default=0.0, help="random-action rate mixed into the expert")

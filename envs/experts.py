@@ -43,6 +43,16 @@ def checkpoint_path(kind: str) -> str | None:
     return kind[len(CHECKPOINT):] if kind.startswith(CHECKPOINT) else None
 
 
+def add_checkpoint_expert_args(parser) -> None:
+    """--expert, --temperature and --greedy of the commands that play an expert themselves."""
+    parser.add_argument("--expert", type=expert_arg, default="scripted",
+                        help="scripted (envs that have one, see `mamql envs list`), random, or checkpoint:PATH "
+                             "(a learner checkpoint of this env: samples Boltzmann(Q/alpha))")
+    parser.add_argument("--temperature", type=float, default=None, metavar="ALPHA",
+                        help="sampling temperature of a checkpoint expert (default: the checkpoint's learner.alpha)")
+    parser.add_argument("--greedy", action="store_true", help="a checkpoint expert takes argmax Q instead of sampling")
+
+
 def expert_arg(text: str) -> str:
     """argparse type of --expert: the kind's form only (the file is checked before the command starts).
     A checkpoint path becomes absolute, so child processes and dataset records name the same file."""

@@ -13,7 +13,7 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
-    from mamql.envs.experts import expert_arg
+    from mamql.envs.experts import add_checkpoint_expert_args
     from mamql.config import ALGOS
 
     train = sub.add_parser("train", help="train MAMQL / IQL-MA / BC from demos, or soft-Q from rewards, in one "
@@ -52,12 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(col)  # env.name and env.kwargs (e.g. max_episode_steps) come from the config too
     col.add_argument("--env", default=None,
                      help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory (default gems)")
-    col.add_argument("--expert", type=expert_arg, default="scripted",
-                     help="scripted (envs that have one, see `mamql envs list`), random play, or checkpoint:PATH "
-                          "(a learner checkpoint of this env, sampling Boltzmann(Q/alpha))")
-    col.add_argument("--temperature", type=float, default=None, metavar="ALPHA",
-                     help="sampling temperature of a checkpoint expert (default: the checkpoint's learner.alpha)")
-    col.add_argument("--greedy", action="store_true", help="a checkpoint expert takes argmax Q instead of sampling")
+    add_checkpoint_expert_args(col)
     col.add_argument("--transitions", type=int, default=20_000)
     col.add_argument("--out", required=True)
     col.add_argument("--seed", type=int, default=0)
