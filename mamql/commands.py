@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = config_sub.add_parser("show", help="print the resolved config as YAML")
     add_config_args(show)
+    show.add_argument("--explain", action="store_true",
+                      help="every field with its value, type and meaning (the text of docs/config.md)")
     show.set_defaults(func=_config_show)
 
 
@@ -29,5 +31,11 @@ def _config_show(args: argparse.Namespace) -> int:
     from mamql.cli import config_from_args
     from mamql.config import dump_config
 
-    print(dump_config(config_from_args(args)), end="")
+    config = config_from_args(args)
+    if args.explain:
+        from mamql.docgen import explain_config
+
+        print(explain_config(config))
+        return 0
+    print(dump_config(config), end="")
     return 0

@@ -25,36 +25,68 @@ class ConfigError(InputError):
     """A configuration file or override that does not match the schema."""
 
 
+# Every field carries an attribute docstring (the string literal under it): mamql.docgen reads them
+# with ast for `mamql config show --explain` and docs/config.md, so the help lives next to the field.
+# A default that is a sentinel (0, -1, "", () standing for "pick for me") says so in its docstring.
+
+
 @dataclass(frozen=True)
 class TableConfig:
-    """One replay table. Vocabulary follows Reverb (sampler, remover, rate limiter)."""
+    """One replay table, an entry of `replay.tables`. Vocabulary follows Reverb (sampler, remover, rate
+    limiter); the rate limiter's formula is in replay/rate_limiter.py."""
 
     name: str = "online"
-    capacity: int = 100_000  # transitions; storage is preallocated at this size
-    sampler: str = "uniform"  # uniform | fifo | lifo (most recent)
+    """Table name. Actors insert into `actor.table` and the distributed learner samples its online data
+    from that same table; `expert` holds demonstrations."""
+    capacity: int = 100_000
+    """Transitions held; storage is preallocated at this size (mamql_replay_table_bytes), and the oldest
+    transitions are removed first when full."""
+    sampler: str = "uniform"
+    """uniform | fifo | lifo: which rows a sample returns. uniform: at random, with replacement; fifo: oldest
+    first, each row once (a consumer queue, e.g. `mamql collect`); lifo: the most recent rows."""
     remover: str = "fifo"
+    """Which rows go when the table is full. Only fifo exists; any other value is an error."""
     min_size_to_sample: int = 1
-    samples_per_insert: float = 0.0  # 0 = no ratio limit
-    error_buffer: float = 0.0  # allowed deviation from samples_per_insert, in samples
-    read_only: bool = False  # expert demonstrations: loaded once, never written by actors
-    schema: dict = field(default_factory=dict)  # field -> [dtype, [dims]]; empty = fixed by the first insert
+    """Samples wait until the table holds this many transitions (0 counts as 1)."""
+    samples_per_insert: float = 0.0
+    """Replay ratio: transitions sampled per transition inserted, enforced by blocking whichever side runs
+    ahead. 0 (the default) = no ratio limit, only min_size_to_sample."""
+    error_buffer: float = 0.0
+    """How far, in sampled transitions, the ratio may drift before inserts or samples block; must be
+    >= max(1, samples_per_insert) when samples_per_insert > 0. Ignored when samples_per_insert is 0."""
+    read_only: bool = False
+    """Refuse Inserts: for expert demonstrations, loaded once and never written by actors."""
+    schema: dict = field(default_factory=dict)
+    """Fields as `name: [dtype, [dims]]`, fixed when the table is created. Empty (the default) = fixed by
+    the first insert."""
 
 
 @dataclass(frozen=True)
 class EnvConfig:
-    # a built-in (`mamql envs list`), a `mamql.envs` entry-point name, or your own PettingZoo
-    # ParallelEnv as `package.module:ClassOrFactory` (docs/environments.md)
+    """The environment every process builds: actors step it, the learner sizes its critics from it,
+    demo collection and evaluation play it."""
+
     name: str = "gems"
+    """A built-in (`mamql envs list`), a `mamql.envs` entry-point name, or your own PettingZoo ParallelEnv
+    as `package.module:ClassOrFactory` (docs/environments.md)."""
     seed: int = 0
-    # passed to the env's class or factory (envs.make), except max_episode_steps: N, which mamql
-    # applies itself (truncate every episode after N steps, for envs without a limit of their own)
+    """Seed of the environments: actor i seeds its envs with `seed + 100003 * i`, so actors differ and a
+    dataset can name the seed each episode was played from."""
     kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the env's class or factory, except `max_episode_steps: N`, which mamql applies
+    itself (every episode truncated after N steps, for envs without a limit of their own). Empty = none."""
 
 
 @dataclass(frozen=True)
 class ReplayConfig:
+    """The replay service (`mamql replay`): tables of transitions that actors insert into and the learner
+    samples from, over gRPC."""
+
     host: str = "127.0.0.1"
-    port: int = 7100  # 0 = pick a free port
+    """Address the gRPC server binds. A non-loopback address needs `auth.token` (or
+    `auth.insecure_no_auth`)."""
+    port: int = 7100
+    """gRPC port; 0 = a free port, which the process reports (`mamql local` does this)."""
     tables: tuple[TableConfig, ...] = (
         TableConfig(name="expert", capacity=50_000, read_only=True),
         # Replay ratio: each online transition is sampled ~8 times on average (the single-process
@@ -65,121 +97,234 @@ class ReplayConfig:
         TableConfig(name="online", capacity=20_000, min_size_to_sample=2_000, samples_per_insert=8.0,
                     error_buffer=16_000.0),
     )
-    capacity: int = 100_000  # default capacity for tables created without an explicit config
+    """The tables the service creates at start (fields: `replay.tables[]` below). A list given here replaces
+    the whole default list. The single-process trainer (`mamql train`) builds its own tables instead
+    (`learner.online_capacity`)."""
+    capacity: int = 100_000
+    """Unused: no table is created outside `replay.tables`, which sets each table's capacity. Kept so that
+    configs naming it still load."""
     max_message_mb: int = 64
-    # Each long-lived stream (an actor's Insert, a learner's Sample) holds one worker thread: size
-    # this above the number of actors + learners that connect (RPCs beyond 4x this are refused).
+    """Largest gRPC message, in MiB, that the replay server and its clients send or accept."""
     max_workers: int = 64
+    """gRPC worker threads. Each long-lived stream (an actor's Insert, a learner's Sample) holds one: size
+    this above the number of actors + learners that connect (RPCs beyond 4x this are refused)."""
     reject_nan: bool = True
-    wait_timeout_s: float = 30.0  # upper bound on any rate-limiter wait
-    checkpoint_dir: str = ""  # empty = run_dir/checkpoints/replay
+    """Refuse inserts holding NaN or infinite values (one bad actor must not poison the learner)."""
+    wait_timeout_s: float = 30.0
+    """Upper bound, in seconds, on any rate-limiter wait: a longer wait ends in DEADLINE_EXCEEDED, never a
+    hang. The learner's sample stream uses the same bound."""
+    checkpoint_dir: str = ""
+    """Where replay checkpoints go (and the root a client's Checkpoint RPC may write under). Empty = the run
+    directory's `checkpoints/replay` (`<run.root>/<run.name>/checkpoints/replay`)."""
     checkpoint_on_exit: bool = True
+    """Write a final checkpoint when the service stops (SIGTERM), so a restarted replay can restore it."""
 
 
 @dataclass(frozen=True)
 class ActorConfig:
+    """An actor process (`mamql actor`): steps `num_envs` env copies with one batched policy and streams
+    the transitions to replay."""
+
     num_envs: int = 8
-    mode: str = "learned"  # learned | expert | random
-    expert: str = "scripted"  # scripted | random | checkpoint:PATH (a learner checkpoint of this env)
-    expert_temperature: float = 0.0  # checkpoint experts sample Boltzmann(Q/this); 0 = the checkpoint's learner.alpha
+    """Env copies per actor process, stepped as one vector env (one policy forward per step)."""
+    mode: str = "learned"
+    """learned | expert | random. learned: the Boltzmann policy of the learner's newest weights (uniform
+    random until the first version arrives); expert: `actor.expert`; random: uniform random actions."""
+    expert: str = "scripted"
+    """The expert of `mode: expert`: scripted | random | checkpoint:PATH (a learner checkpoint of this env)."""
+    expert_temperature: float = 0.0
+    """Temperature a checkpoint expert samples Boltzmann(Q / this) at. 0 (the default) = the checkpoint's
+    own learner.alpha."""
     epsilon: float = 0.0
-    send_batch_size: int = 256  # transitions per Insert message
-    send_queue_batches: int = 64  # bounded buffer while replay is slow or away
+    """Probability that an action is replaced by a uniform random one (learned and expert policies)."""
+    send_batch_size: int = 256
+    """Transitions per Insert message: the actor buffers env steps until it has this many."""
+    send_queue_batches: int = 64
+    """Batches buffered while replay is slow or away; when full the env loop waits
+    (mamql_actor_send_blocked_seconds_total)."""
     table: str = "online"
+    """Replay table the actors insert into, and the one the distributed learner samples online data from."""
     torch_threads: int = 1
+    """Torch threads per actor process (values below 1 count as 1): many single-threaded actors use the
+    cores better than a few multi-threaded ones."""
 
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    # mamql | iqlma | bc learn from demonstrations; soft-q learns from the env's rewards (no demos)
-    algo: str = "mamql"  # mamql | iqlma | bc | soft-q
-    device: str = "auto"  # auto | cpu | cuda
+    """The learner: the distributed `mamql learner` and the single-process trainer `mamql train` (the
+    fields marked "trainer" apply to the latter only)."""
+
+    algo: str = "mamql"
+    """mamql | iqlma | bc | soft-q. mamql, iqlma and bc learn from demonstrations (`--demos`); soft-q learns
+    from the env's rewards, without demonstrations."""
+    device: str = "auto"
+    """auto | cpu | cuda. auto = cuda when torch sees a GPU, else cpu."""
     steps: int = 2_000
-    batch_size: int = 256  # per agent, per source (expert and online)
+    """Learner updates to reach, counted across resumes. For `mamql learner` 0 = until stopped."""
+    batch_size: int = 256
+    """Rows per update, per agent and per source (expert and online)."""
     lr: float = 1e-3
+    """Adam learning rate of each critic."""
     gamma: float = 0.99
-    alpha: float = 1.0  # Boltzmann temperature of the loss; actors sample at it too (sent with the weights)
-    weight_decay: float = -1.0  # < 0 = the env's default from the paper
-    # critic architecture: default = conv trunk + MLP head for (C, H, W) planes, MLP for anything else;
-    # mlp = flatten + MLP for any shape; linear = one Linear(obs -> actions) layer, a Q table on one-hot
-    # observations (hidden must stay empty). learner.networks
-    network: str = "default"  # default | mlp | linear
-    hidden: tuple[int, ...] = ()  # MLP widths; () = the default widths for the observation shape
-    # the reference code's objective (ma-mql `mamql_online`): value term on online rows, chi^2 on
-    # expert rows only. IQ-Learn's `value` + chi^2 on policy samples halved Gems returns (docs/results.md)
-    value_term: str = "online"  # online | value | expert | v0 (see learner.losses.mamql_loss)
+    """Discount factor, in (0, 1]. A dataset may record the gamma it was collected for (`mamql collect
+    --gamma`); the learner warns when this differs."""
+    alpha: float = 1.0
+    """Boltzmann temperature of the loss; learned actors sample at it too (sent with the weights)."""
+    weight_decay: float = -1.0
+    """Adam L2 weight decay. Any value < 0 (the default -1.0) = the paper's value for the env: 1e-5 for Gems,
+    1e-4 for the others (learner.updater.PAPER_WEIGHT_DECAY)."""
+    # the `hidden` and `network` docs name learner.networks' defaults; keep them in step with that module
+    network: str = "default"
+    """default | mlp | linear critic. default: a conv trunk + MLP head for (C, H, W) planes, an MLP for anything
+    else; mlp: flatten + MLP for any shape; linear: one Linear(obs -> actions) layer, a Q table on one-hot
+    observations (`hidden` must stay empty). learner.networks."""
+    hidden: tuple[int, ...] = ()
+    """MLP hidden widths, e.g. [256, 256]. Empty (the default) = the widths for the observation shape
+    (learner.networks: IMAGE_HIDDEN (1024, 1024) after the conv trunk for planes, VECTOR_HIDDEN (256, 256)
+    otherwise), except that `mamql local` with a CPU learner runs image critics with CPU_IMAGE_HIDDEN (256,)
+    and writes that into the run's config.yaml."""
+    value_term: str = "online"
+    """online | value | expert | v0: the rows the loss's value term E[V(s) - gamma V(s')] averages over
+    (learner.losses.mamql_loss). online is the reference code's objective (ma-mql `mamql_online`);
+    IQ-Learn's `value` with chi2_on_policy halved Gems returns (docs/results.md)."""
     chi2_on_policy: bool = False
-    augment: str = "none"  # none | symmetry (expert rows under the grid's 8 rotations/reflections; envs.symmetry)
-    # > 0: V(s') from a Polyak-averaged target critic (tau per update); 0 = none (reference), except for
-    # soft-q, which always has one: 0 there means learner.updater.SOFT_Q_TARGET_TAU (0.005)
+    """false: the chi^2 regulariser on expert rows only (the reference code); true: over all rows, online rows
+    at the current policy's actions (IQ-Learn's `regularize`)."""
+    augment: str = "none"
+    """none | symmetry: symmetry trains on expert rows under the grid's 8 rotations/reflections (envs that
+    declare symmetries; envs.symmetry). Not with soft-q, which has no demonstrations."""
     target_tau: float = 0.0
-    chi2_alpha: float = 0.0  # alpha of the chi^2 regulariser (coef 1/(4 chi2_alpha)); <= 0 = the temperature alpha
+    """Polyak rate of a target critic for V(s'), per update. 0 (the default) = no target critic (the
+    reference), except for soft-q, which always has one: 0 there means learner.updater.SOFT_Q_TARGET_TAU
+    (0.005)."""
+    chi2_alpha: float = 0.0
+    """alpha of the chi^2 regulariser (coefficient 1 / (4 chi2_alpha)). <= 0 (the default 0) = the Boltzmann
+    temperature `alpha`, as in the reference code."""
     log_every: int = 50
+    """Updates between loss records: the mamql_learner_loss gauges and a metrics.jsonl row (the trainer also
+    prints its progress then)."""
     checkpoint_every: int = 500
-    # single-process trainer (learner.trainer); the distributed learner reads the replay service instead
-    expert_transitions: int = 20_000  # demos collected in-process when no --demos file is given
-    seed_transitions: int = 4_096  # random-policy transitions put in the online table before training
-    online_capacity: int = 20_000  # FIFO capacity of the trainer's in-process online table
-    rollout_steps_per_update: int = 4  # vector-env steps (x actor.num_envs transitions) per iteration
-    eval_every: int = 250  # iterations between evaluations (0 = only at the end)
-    eval_episodes: int = 16  # episodes per evaluation and mode (greedy, sample)
-    keep_checkpoints: int = 3  # newest learner checkpoints kept in runs/<name>/checkpoints
-    torch_threads: int = 0  # 0 = cores left after actors
-    torch_compile: bool = False  # torch.compile the critics' training forwards (first update compiles: slow)
-    # learner.fast (issue #12): all agents' critics in ONE batched step when their shapes match
-    # (falls back to the plain per-agent Updater otherwise). precision and cuda_graph act on CUDA.
+    """Updates between learner checkpoints; 0 = only the final one, when the run ends."""
+    expert_transitions: int = 20_000
+    """trainer: expert transitions collected in-process when no `--demos` file is given
+    (`mamql train --expert-transitions`)."""
+    seed_transitions: int = 4_096
+    """trainer: random-policy transitions put in the online table before training starts."""
+    online_capacity: int = 20_000
+    """trainer: FIFO capacity of its in-process online table (the distributed learner uses `replay.tables`)."""
+    rollout_steps_per_update: int = 4
+    """trainer: vector-env steps (each `actor.num_envs` transitions) collected per update."""
+    eval_every: int = 250
+    """trainer: updates between evaluations; 0 = only at the end."""
+    eval_episodes: int = 16
+    """trainer: episodes per evaluation and mode (greedy, sample)."""
+    keep_checkpoints: int = 3
+    """trainer: newest `learner_<step>.pt` checkpoints kept in the run's checkpoints/ (at least 1). The
+    distributed learner keeps one, `latest.pt`."""
+    torch_threads: int = 0
+    """Torch threads of the learner process. 0 (the default) = every core: torch's own default for
+    `mamql learner`, all cores this process may use for the trainer."""
+    torch_compile: bool = False
+    """torch.compile the critics' training forwards (the first update compiles: slow to start)."""
     fast: bool = False
-    precision: str = "fp32"  # fp32 | bf16 (autocast forward, fp32 master weights and loss)
-    cuda_graph: bool = True  # capture the whole fast step in one CUDA graph (CUDA only)
+    """Update all agents' critics in ONE batched step when their shapes match (learner.fast); falls back to
+    the per-agent updater otherwise. `precision` and `cuda_graph` act on it, on CUDA."""
+    precision: str = "fp32"
+    """fp32 | bf16, with `fast`: bf16 runs the forward under autocast, with fp32 master weights and loss."""
+    cuda_graph: bool = True
+    """With `fast` on CUDA: capture the whole update step in one CUDA graph (fewer kernel launches)."""
 
 
 @dataclass(frozen=True)
 class WeightsConfig:
+    """The learner's weight service: versioned policy weights that actors subscribe to."""
+
     host: str = "127.0.0.1"
+    """Address the weight service binds. A non-loopback address needs `auth.token` (or
+    `auth.insecure_no_auth`)."""
     port: int = 7200
-    publish_every: int = 10  # learner updates between versions
-    dtype: str = "float32"  # float32 | bfloat16 | float16 on the wire
+    """gRPC port; 0 = a free port, which the process reports."""
+    publish_every: int = 10
+    """Learner updates between published weight versions (fewer = less traffic, more policy lag)."""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16: dtype of the weights on the wire (actors act in float32)."""
     max_message_mb: int = 64
-    max_workers: int = 64  # one per subscribed actor, plus a few
+    """Largest gRPC message, in MiB, that the weight service and its subscribers send or accept."""
+    max_workers: int = 64
+    """gRPC worker threads: one per subscribed actor, plus a few."""
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    """Each process's Prometheus /metrics endpoint (docs/metrics.md lists the metrics)."""
+
     host: str = "127.0.0.1"
-    port: int = 0  # 0 = pick a free port; processes report the one they bound
+    """Address the /metrics HTTP server binds (plain HTTP, no auth: keep it on an internal network)."""
+    port: int = 0
+    """/metrics port. 0 (the default) = a free port, which each process reports; deployments set it
+    (9100 replay, 9200 learner, 9300+ actors)."""
     enabled: bool = True
+    """Serve /metrics at all."""
 
 
 @dataclass(frozen=True)
 class AuthConfig:
-    token: str = ""  # shared secret sent as `authorization: Bearer <token>` metadata
+    """Authentication of the gRPC services (replay, weights); grpc.health.v1 stays open for probes."""
+
+    token: str = ""
+    """Shared secret sent as `authorization: Bearer <token>` metadata. Empty = no token. Prefer token_file:
+    a value here shows up in `config show` and in the run's config.yaml."""
     token_file: str = ""
-    # false (the default): a service bound to a non-loopback address without a token refuses to start;
-    # true: it starts anyway and logs a warning. Loopback addresses never need a token.
+    """File holding the token; when set it wins over `token`. Empty = none."""
     insecure_no_auth: bool = False
+    """false (the default): a service bound to a non-loopback address without a token refuses to start;
+    true: it starts anyway and logs a warning. Loopback addresses never need a token."""
     tls_cert: str = ""
+    """PEM certificate a server presents; with `tls_ca` set, clients present theirs too (mTLS). With this
+    and `tls_ca` both empty, gRPC runs in plaintext."""
     tls_key: str = ""
-    tls_ca: str = ""  # set to require client certificates (mTLS)
+    """PEM private key of `tls_cert`."""
+    tls_ca: str = ""
+    """PEM CA certificate clients verify the server with (without one a client trusts `tls_cert` itself);
+    set on a server, it requires client certificates (mTLS). Empty = none."""
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """The run: its directory `<root>/<name>/` (config.yaml, metrics.jsonl, checkpoints/, logs/), seed and
+    logging."""
+
     name: str = "default"
+    """Run directory name under `root`. Left at "default", `mamql train`, `local`, `collect` and `experts
+    train` pick a fresh `<command>-<env>-<UTC time>-<hex>` name; `mamql learner` and `replay` use it as is."""
     root: str = "runs"
+    """Directory holding the run directories."""
     seed: int = 0
+    """Seed of the learner (initial weights, sampling) and of in-process demo collection."""
     log_level: str = "INFO"
+    """DEBUG | INFO | WARNING | ERROR."""
 
 
 @dataclass(frozen=True)
 class Config:
+    """A whole run: every process reads the same document."""
+
     env: EnvConfig = field(default_factory=EnvConfig)
+    """The environment."""
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    """The replay service and its tables."""
     actor: ActorConfig = field(default_factory=ActorConfig)
+    """Actor processes."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The learner (distributed and single-process)."""
     weights: WeightsConfig = field(default_factory=WeightsConfig)
+    """The learner's weight service."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus /metrics of each process."""
     auth: AuthConfig = field(default_factory=AuthConfig)
+    """Token and TLS of the gRPC services."""
     run: RunConfig = field(default_factory=RunConfig)
+    """Run directory, seed, logging."""
 
 
 # --------------------------------------------------------------------------- building from data

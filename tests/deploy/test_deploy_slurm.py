@@ -1,6 +1,7 @@
 """The sbatch script on a real one-node Slurm (munged, slurmctld, slurmd started here on loopback):
 the job runs replay, learner and actors as srun steps, finishes its steps, writes a checkpoint,
-metrics and per-task logs; a second job is scancelled and tears down cleanly."""
+metrics and per-task logs, and MAMQL_ENV reaches every process; a second job is scancelled and tears
+down cleanly."""
 
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port
+from mamql.learner.demos import load_demos
 from system_tools import ensure_debian_packages, missing
 
 pytestmark = pytest.mark.cluster
@@ -132,7 +134,7 @@ def job_state(env, job_id) -> str:
     return match.group(1) if match else "GONE"
 
 
-def submit(slurm, tmp, steps: int) -> str:
+def submit(slurm, tmp, steps: int, env_name: str | None = None) -> str:
     config = tmp / "tiny.yaml"
     config.write_text(TINY_CONFIG)
     env = {
@@ -152,6 +154,8 @@ def submit(slurm, tmp, steps: int) -> str:
         "MAMQL_EXTRA": "--set run.log_level=INFO",
         "PYTHONPATH": str(ROOT),
     }
+    if env_name:
+        env["MAMQL_ENV"] = env_name
     out = subprocess.run([which("sbatch"), "--parsable", "--nodes=1", f"--output={tmp}/job-%j.out",
                           f"--chdir={tmp}", str(SBATCH)], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -169,7 +173,8 @@ def wait_state(env, job_id, states, timeout) -> str:
 
 
 def test_sbatch_job_trains_and_finishes(slurm, tmp_path):
-    job = submit(slurm, tmp_path, steps=30)
+    # kitchen, not the config's default gems: a process left on gems would not fit the others' shapes
+    job = submit(slurm, tmp_path, steps=30, env_name="kitchen")
     state = wait_state(slurm["env"], job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 170)
     out = (tmp_path / f"job-{job}.out").read_text()
     run_dir = tmp_path / "runs" / f"slurm-{job}"
@@ -182,6 +187,10 @@ def test_sbatch_job_trains_and_finishes(slurm, tmp_path):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics and "agent_0/loss" in metrics[-1]
     assert "weights on 127.0.0.1" in (logs / "learner.log").read_text()
+    assert load_demos(run_dir / "demos.npz")[1]["env"] == "kitchen"  # MAMQL_ENV reached demo collection,
+    for actor in ("actor-0.log", "actor-1.log"):  # the actors,
+        assert "kitchen x2" in (logs / actor).read_text(), detail
+    # and the learner, which trained a kitchen-shaped critic on those demos and that data (COMPLETED above)
     token = run_dir / "auth-token"
     assert token.exists() and (token.stat().st_mode & 0o077) == 0  # generated, private
     targets = json.loads((run_dir / "prometheus-targets.json").read_text())
