@@ -8,7 +8,8 @@ of growing memory). The policy is a learned Boltzmann policy, an expert (demo co
 or a learner checkpoint sampling at actor.expert_temperature) or uniform random play (seeding the
 online table before the first weights exist). The learned
 policy samples at the temperature the learner publishes with its weights (learner.alpha), never at
-one of the actor's own.
+one of the actor's own. The loop's time by phase (act, env step, send wait, weight apply, other) is
+exported as mamql_actor_phase_seconds_total (mamql/phases.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mamql.envs.vector import VectorEnv, transition_batch
 from mamql.batch import concat
 from mamql.config import Config
 from mamql.metrics import Counter, Gauge, Histogram, Summary
+from mamql.phases import ACTOR_DOC, ACTOR_PHASES, PhaseClock
 from mamql.weights import WeightSet
 
 log = logging.getLogger("mamql.actor")
@@ -95,6 +97,7 @@ class ActorMetrics:
         self.send_blocked = Counter(
             "mamql_actor_send_blocked_seconds", "Time the loop waited on a full send queue", registry=registry
         )
+        self.phase_seconds = Counter("mamql_actor_phase_seconds", ACTOR_DOC, ["phase"], registry=registry)
         for agent in agents:
             self.last_return.labels(agent)
 
@@ -115,6 +118,8 @@ class Actor:
         )
         self.stats = ActorStats()
         self.metrics = ActorMetrics(registry, list(self.spec.agents)) if registry is not None else None
+        # where the loop's time goes (mamql/phases.py); flushed to the counter at every send
+        self.phases = PhaseClock(self.metrics.phase_seconds if self.metrics else None, ACTOR_PHASES)
         self._stop = threading.Event()
         self._stopped_at = 0.0
         self.drain_timeout = 10.0
@@ -189,11 +194,18 @@ class Actor:
         pending_rows = 0
         send_size = self.config.actor.send_batch_size
         K = self.env.num_envs
+        phases = self.phases
         while not self._stop.is_set() and not (max_steps and self.stats.env_steps >= max_steps):
             started = time.perf_counter()
             self._maybe_apply_weights()
+            acting = time.perf_counter()
             actions = self.policy.act(obs)
+            stepping = time.perf_counter()
             result = self.env.step(actions)
+            stepped = time.perf_counter()
+            phases.add("weight_apply", acting - started)
+            phases.add("act", stepping - acting)
+            phases.add("env_step", stepped - stepping)
             batch = transition_batch(obs, actions, result)
             batch["actor_id"] = np.full(K, self.actor_id, np.int32)
             batch["policy_version"] = np.full(K, self.version, np.int64)
@@ -204,23 +216,31 @@ class Actor:
             self.stats.env_steps += K
             if self.metrics:
                 self.metrics.env_steps.inc(K)
-                self.metrics.step_seconds.observe(time.perf_counter() - started)
+                self.metrics.step_seconds.observe(stepped - started)
             self._record_episodes(result)
             if pending_rows >= send_size:
                 self._send(concat(pending), send_timeout)
                 pending, pending_rows = [], 0
+            phases.lap("other", time.perf_counter() - started)
         if pending:
+            ending = time.perf_counter()
             self._send(concat(pending), send_timeout)
+            phases.lap("other", time.perf_counter() - ending)
+        phases.flush()
         return self.stats
 
     def _send(self, batch: dict, timeout: float) -> None:
         """Hand a batch to the writer, waiting out back-pressure (but still honouring stop())."""
         started = time.perf_counter()
         while True:
+            tried = time.perf_counter()
             try:
                 self.writer.put(batch, timeout=timeout)
+                self.phases.add("send_wait", time.perf_counter() - tried)
                 break
             except TimeoutError:
+                self.phases.add("send_wait", time.perf_counter() - tried)
+                self.phases.flush()  # a long back-pressure wait shows while it lasts
                 if self._stop.is_set() and time.monotonic() - self._stopped_at > self.drain_timeout:
                     log.warning("dropping %d unsent transitions at shutdown: replay took none for %.0fs",
                                 len(batch["done"]), self.drain_timeout)
@@ -229,6 +249,7 @@ class Actor:
                 # shows in mamql_actor_send_blocked_seconds_total.
                 log.debug("replay send queue full for %.1fs; waiting", time.perf_counter() - started)
         self.stats.batches_sent += 1
+        self.phases.flush()
         if self.metrics:
             self.metrics.send_blocked.inc(time.perf_counter() - started)
 

@@ -31,6 +31,7 @@ import copy
 import logging
 import queue
 import threading
+import time
 from contextlib import nullcontext
 from functools import partial
 from typing import Any, Callable, Iterator, Mapping
@@ -138,6 +139,7 @@ class FastUpdater:
                                           weight_decay=self.weight_decay, **kw)
         self.rng = torch.Generator().manual_seed(int(seed))  # advanced as the plain path's agent order
         self.step = 0
+        self.h2d_seconds = 0.0  # host time the latest update() spent copying its batches in (as Updater's)
         self._loss_fn = partial(mamql_loss, gamma=self.gamma, alpha=self.alpha, value_term=config.value_term,
                                 chi2_on_policy=config.chi2_on_policy, chi2_alpha=chi2_alpha_of(config), as_floats=False)
         self._sizes: tuple[int, int] | None = None  # (expert rows, online rows) the static buffers fit
@@ -202,6 +204,9 @@ class FastUpdater:
         dst.copy_(pin, non_blocking=True)
 
     def _load_batch(self, expert: Mapping, online: Mapping) -> None:
+        """Copy the batches into the static buffers; h2d_seconds is the host time that took, less
+        any wait for an earlier step's GPU work to free a pinned slot (that is update time)."""
+        started = time.perf_counter()
         n_exp, n_on = len(expert["done"]), len(online["done"])
         if self._sizes != (n_exp, n_on):
             self._allocate(n_exp, n_on)
@@ -209,7 +214,9 @@ class FastUpdater:
         if self.cuda:
             event = self._slot_events[self._slot]
             if event is not None:
+                synchronising = time.perf_counter()
                 event.synchronize()  # this slot's pinned buffers are free again
+                started += time.perf_counter() - synchronising
         for i, a in enumerate(self.agents):
             self._copy_in(self._obs[i, :n_exp], expert[f"obs/{a}"], f"e/obs/{a}")
             self._copy_in(self._obs[i, n_exp:n], online[f"obs/{a}"], f"o/obs/{a}")
@@ -223,6 +230,7 @@ class FastUpdater:
             event = self._slot_events[self._slot] = torch.cuda.Event()
             event.record()
             self._slot ^= 1
+        self.h2d_seconds = time.perf_counter() - started
 
     # ------------------------------------------------------------------ the train step
     def _critic(self, params: dict, buffers: dict, obs: Tensor) -> Tensor:

@@ -8,7 +8,8 @@ cannot keep up. Every `weights.publish_every` updates the policy weights go out 
 over the weight service this process hosts (learner/weight_service.py), named by this learner's
 epoch (random at a fresh start, kept by --resume) and carrying learner.alpha, the temperature the
 actors then sample at. learner.algo=soft-q learns from the online rows' env rewards: it loads no
-demonstrations and samples online rows only.
+demonstrations and samples online rows only. The loop's time by phase (sample wait, host-to-device,
+update, publish, other) is exported as mamql_learner_phase_seconds_total (mamql/phases.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from mamql.config import Config, to_dict
 from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricsServer, new_registry
+from mamql.phases import LEARNER_DOC, LEARNER_PHASES, PhaseClock
 from mamql.weights import new_epoch
 from mamql.protos import rpc
 
@@ -78,6 +80,7 @@ class LearnerMetrics:
         self.replay_ratio = Gauge(
             "mamql_learner_replay_ratio", "Online rows consumed per online transition inserted", registry=registry
         )
+        self.phase_seconds = Counter("mamql_learner_phase_seconds", LEARNER_DOC, ["phase"], registry=registry)
 
 
 def weights_to_numpy(tensors: dict, wire_dtype: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -136,6 +139,7 @@ class LearnerService:
                 raise DemosError(f"{demos_path} is not a valid demos file: missing field(s) {', '.join(missing)}")
             self.expert = ExpertSampler({k: demos[k] for k in keep}, self.device, config.run.seed)
         self.metrics = LearnerMetrics(self.registry, self.spec.agents)
+        self.phases = PhaseClock(self.metrics.phase_seconds, LEARNER_PHASES)  # where the loop's time goes
         self.security = rpc.Security.from_config(config.auth)
         self.client = ReplayClient(replay_address, self.security, config.replay.max_message_mb)
         self.store = WeightStore()
@@ -155,6 +159,9 @@ class LearnerService:
         self.version = 0
         self.epoch = new_epoch()  # this incarnation; resume() restores the checkpointed one
         self.online_consumed = 0  # online transitions used by updates in this process
+        from mamql.learner.tensorboard_log import TensorBoardLog
+
+        self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", self.spec.agents)  # each metrics record
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> int:
@@ -226,6 +233,14 @@ class LearnerService:
         self.metrics.version.set(self.version)
         return self.version
 
+    def _publish_booked(self) -> float:
+        """publish(), its time booked as the publish phase; returns the seconds it took."""
+        started = time.perf_counter()
+        self.publish()
+        seconds = time.perf_counter() - started
+        self.phases.add("publish", seconds)
+        return seconds
+
     def observe_lag(self, online: dict) -> None:
         """Policy lag (this version - the version that acted) on the first rows of an online batch:
         they are sampled uniformly already, so this is a fair subsample at a bounded cost. Versions
@@ -248,7 +263,10 @@ class LearnerService:
         from mamql.replay.errors import DeadlineExceeded
 
         cfg = self.config.learner
-        self.publish()  # actors leave random play as soon as the first version exists
+        phases = self.phases  # the phases partition each iteration's wall time (mamql/phases.py)
+        # actors leave random play as soon as the first version exists (a lap of its own: all publish)
+        phases.lap("other", self._publish_booked())
+        phases.flush()
         stream = self.client.sample_stream(
             self.config.actor.table, cfg.batch_size, prefetch=4, wait_timeout=self.config.replay.wait_timeout_s
         )
@@ -260,23 +278,33 @@ class LearnerService:
                 try:
                     sample = stream.next(timeout=1.0)
                 except DeadlineExceeded:
-                    self.metrics.sample_wait.observe(time.perf_counter() - waited)
+                    empty = time.perf_counter() - waited
+                    self.metrics.sample_wait.observe(empty)
+                    phases.add("sample_wait", empty)
+                    phases.lap("other", empty)
+                    phases.flush()
                     continue
-                self.metrics.sample_wait.observe(time.perf_counter() - waited)
+                arrived = time.perf_counter()
+                self.metrics.sample_wait.observe(arrived - waited)
                 # decoded arrays are read-only views of the message; torch wants writable memory
                 online = {k: np.require(v, requirements="W") for k, v in sample.batch.items()}
+                writable = time.perf_counter()
                 self.observe_lag(online)
                 started = time.perf_counter()
                 expert = self.expert.sample(cfg.batch_size) if self.expert else None
                 terms = self.updater.update(expert, online)
-                self.metrics.update_seconds.observe(time.perf_counter() - started)
+                updated = time.perf_counter()
+                self.metrics.update_seconds.observe(updated - started)
+                phases.add("sample_wait", arrived - waited)
+                phases.add("host_to_device", writable - arrived + self.updater.h2d_seconds)
+                phases.add("update", max(updated - started - self.updater.h2d_seconds, 0.0))
                 self.metrics.updates.inc()
                 self.metrics.consumed.inc(len(online["done"]))
                 self.online_consumed += len(online["done"])
                 done += 1
                 step = self.updater.step
                 if step % self.config.weights.publish_every == 0:
-                    self.publish()
+                    self._publish_booked()
                 if step % cfg.log_every == 0:
                     self._log_terms(terms, metrics_file)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
@@ -284,12 +312,15 @@ class LearnerService:
                 if time.monotonic() - last_status > status_every_s:
                     last_status = time.monotonic()
                     log.info("step %d, weight version %d", step, self.version)
+                phases.lap("other", time.perf_counter() - waited)
+                phases.flush()
         finally:
             stream.close()
             if metrics_file:
                 metrics_file.close()
         if self.store.version == 0 or self.updater.step % self.config.weights.publish_every:
-            self.publish()  # the final weights, unless this step's were just published
+            phases.lap("other", self._publish_booked())  # the final weights, unless this step's were just published
+            phases.flush()
         self.save()
         return done
 
@@ -307,6 +338,7 @@ class LearnerService:
                       "replay_ratio": ratio, **terms}
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
+            self.tensorboard.write(record)
 
 
     def _replay_ratio(self) -> float | None:

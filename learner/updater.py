@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -101,6 +102,7 @@ class Updater:
         }
         self.rng = torch.Generator().manual_seed(int(seed))  # agent order; CPU, so it checkpoints
         self.step = 0
+        self.h2d_seconds = 0.0  # host time the latest update() spent moving its batches to the device
         self.perms: Tensor | None = None  # learner.augment=symmetry: action permutations [8, A]
         augment = getattr(config, "augment", "none")
         if augment != "none" and algo == "soft-q":
@@ -129,10 +131,23 @@ class Updater:
         t = torch.as_tensor(x).to(self.device, non_blocking=True)
         return t if dtype is None else t.to(dtype)
 
+    def _on_device(self, batch: Mapping[str, np.ndarray | Tensor] | None) -> dict | None:
+        """The fields an update reads, as tensors on the device (in their own dtype: uint8 stays
+        uint8), the rest as they were; done once per batch, so the copy time is measurable apart
+        from the update (h2d_seconds). A tensor already there is not copied."""
+        if batch is None:
+            return None
+        read = ("obs/", "next_obs/", "action/", "reward/") if self.algo == "soft-q" else ("obs/", "next_obs/", "action/")
+        return {k: self._tensor(v) if k == "done" or k.startswith(read) else v for k, v in batch.items()}
+
     def update(self, expert: Mapping[str, np.ndarray | Tensor] | None,
                online: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
         """One iteration: one Adam step per agent (random order). Returns "<agent>/<term>" floats.
         soft-q reads only `online` (with `reward/<agent>`); `expert` may be None there."""
+        started = time.perf_counter()
+        expert = self._on_device(expert) if self.algo != "soft-q" else expert
+        online = self._on_device(online) if self.algo != "bc" else online
+        self.h2d_seconds = time.perf_counter() - started
         if self.algo == "soft-q":
             return self._update_soft_q(online)
         if self.perms is not None:

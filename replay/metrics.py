@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+import threading
+
 from mamql.metrics import LATENCY_BUCKETS, Counter, Gauge, Histogram
+from mamql.phases import REPLAY_DOC, REPLAY_PHASES
+
+_waits = threading.local()
+
+
+def thread_blocked_seconds() -> float:
+    """Rate-limiter wait of the calling thread so far (all tables): the difference across one table
+    call is that call's wait, which the server books as `<op>_blocked` and the rest as work."""
+    return getattr(_waits, "seconds", 0.0)
+
+
+class _ThreadTallyCounter(Counter):
+    """A Counter whose increments are also added to the calling thread's tally
+    (thread_blocked_seconds). The table counts its rate-limiter waits into it; the tally lets the
+    server split a call's time into wait and work without the table knowing about phases."""
+
+    def inc(self, amount: float = 1, exemplar=None) -> None:
+        super().inc(amount, exemplar)
+        _waits.seconds = getattr(_waits, "seconds", 0.0) + amount
 
 
 class ReplayMetrics:
     def __init__(self, registry):
-        def counter(name, doc, labels):
-            return Counter(name, doc, labels, registry=registry)
+        def counter(name, doc, labels, kind=Counter):
+            return kind(name, doc, labels, registry=registry)
 
         self.inserted_transitions = counter("mamql_replay_inserted_transitions", "Transitions stored", ["table"])
         self.inserted_batches = counter("mamql_replay_inserted_batches", "Batches stored", ["table"])
         self.sampled_transitions = counter("mamql_replay_sampled_transitions", "Transitions sampled", ["table"])
         self.sampled_batches = counter("mamql_replay_sampled_batches", "Batches sampled", ["table"])
         self.blocked_seconds = counter(
-            "mamql_replay_rate_limiter_blocked_seconds", "Time calls waited on the rate limiter", ["table", "op"]
+            "mamql_replay_rate_limiter_blocked_seconds", "Time calls waited on the rate limiter", ["table", "op"],
+            kind=_ThreadTallyCounter,
         )
         self.rejected = counter("mamql_replay_rejected_requests", "Requests refused, by reason", ["reason"])
+        self.phase_seconds = counter("mamql_replay_phase_seconds", REPLAY_DOC, ["phase"])
+        self.phases = {p: self.phase_seconds.labels(p) for p in REPLAY_PHASES}  # all four exported from the start
         self.table_size = Gauge("mamql_replay_table_size", "Transitions held", ["table"], registry=registry)
         self.table_capacity = Gauge("mamql_replay_table_capacity", "Table capacity", ["table"], registry=registry)
         self.table_bytes = Gauge("mamql_replay_table_bytes", "Preallocated bytes", ["table"], registry=registry)

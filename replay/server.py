@@ -1,7 +1,8 @@
 """The replay gRPC service: a thin shell around LocalReplay (status codes, streams, shutdown).
 
 Every request is decoded and validated before it touches a table; a refused request ends its RPC
-with a status code (see replay.errors) and leaves the tables and the server as they were.
+with a status code (see replay.errors) and leaves the tables and the server as they were. RPC time
+is booked by phase (insert, sample and their rate-limiter waits) in mamql_replay_phase_seconds_total.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mamql.protos.rpc import Security, bind, make_server, set_serving
 from mamql.replay import checkpoint
 from mamql.replay.errors import DeadlineExceeded, InvalidArgument, ReplayError, ResourceExhausted, Unavailable
 from mamql.replay.local import LocalReplay
+from mamql.replay.metrics import thread_blocked_seconds
 
 log = logging.getLogger("mamql.replay")
 SERVICE_NAME = "mamql.v1.ReplayService"
@@ -46,6 +48,11 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
         if self.replay.metrics is not None:
             self.replay.metrics.connected_clients.inc(delta)
 
+    def _spent(self, phase: str, seconds: float) -> None:
+        """Book RPC time by phase (mamql_replay_phase_seconds_total, mamql/phases.py)."""
+        if self.replay.metrics is not None and seconds > 0:
+            self.replay.metrics.phases[phase].inc(seconds)
+
     def _timeout(self, seconds: float, context) -> float | None:
         timeout = float(seconds) if seconds > 0 else None
         remaining = context.time_remaining()
@@ -53,21 +60,27 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             timeout = remaining if timeout is None else min(timeout, remaining)
         return timeout
 
-    def _waiting(self, context, call, timeout: float | None):
+    def _waiting(self, context, call, timeout: float | None, op: str):
         """Run a rate-limited table call in slices of at most WAIT_SLICE_S seconds until it succeeds,
         its deadline passes or the client goes away. Without slicing, a cancelled or disconnected
         client's call kept its worker thread for the whole wait (up to replay.wait_timeout_s), so a
         burst of abandoned streams made the server answer RESOURCE_EXHAUSTED for that long
-        (found by tests/reliability/test_reliability_security.py::test_stream_flood...)."""
+        (found by tests/reliability/test_reliability_security.py::test_stream_flood...). Each
+        slice's time is booked as `op` (work) and `<op>_blocked` (the table's rate-limiter wait)."""
         limit = self.replay.config.wait_timeout_s if timeout is None else min(timeout, self.replay.config.wait_timeout_s)
         deadline = time.monotonic() + max(limit, 0.0)
         while True:
             remaining = deadline - time.monotonic()
+            waited, started = thread_blocked_seconds(), time.perf_counter()
             try:
                 return call(max(min(remaining, WAIT_SLICE_S), 0.0))
             except DeadlineExceeded:
                 if remaining <= WAIT_SLICE_S or not context.is_active() or self.stopping.is_set():
                     raise
+            finally:
+                waited = thread_blocked_seconds() - waited
+                self._spent(f"{op}_blocked", waited)
+                self._spent(op, time.perf_counter() - started - waited)
 
     def _check_sample_size(self, name: str, n: int) -> None:
         """Refuse a Sample whose response could not be sent anyway, before gathering it.
@@ -104,9 +117,11 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                     _status(context, Unavailable("replay server is shutting down"))
                 try:
                     table = self.replay.table(req.table)  # NOT_FOUND before decoding
+                    decoding = time.perf_counter()
                     batch = self._decode(req.batch)
+                    self._spent("insert", time.perf_counter() - decoding)
                     n = self._waiting(context, lambda t: self.replay.insert(table.name, batch, t),
-                                      self._timeout(req.timeout_seconds, context))
+                                      self._timeout(req.timeout_seconds, context), "insert")
                 except ReplayError as exc:
                     if exc.code == "NOT_FOUND":
                         self.replay.reject("not_found")
@@ -128,13 +143,16 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
                     self._check_sample_size(request.table, request.batch_size)
                     sample = self._waiting(
                         context, lambda t: self.replay.sample(request.table, request.batch_size, t),
-                        self._timeout(request.timeout_seconds, context),
+                        self._timeout(request.timeout_seconds, context), "sample",
                     )
                 except ReplayError as exc:
                     if exc.code == "NOT_FOUND":
                         self.replay.reject("not_found")
                     _status(context, exc)
-                yield replay_pb2.SampleResponse(batch=encode_batch(sample.batch), keys=encode_tensor(sample.keys))
+                encoding = time.perf_counter()
+                response = replay_pb2.SampleResponse(batch=encode_batch(sample.batch), keys=encode_tensor(sample.keys))
+                self._spent("sample", time.perf_counter() - encoding)
+                yield response
                 sent += 1
         finally:
             self._clients(-1)

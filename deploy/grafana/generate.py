@@ -20,13 +20,18 @@ W = 24  # Grafana grid width
 
 
 def panel(title: str, targets: list[tuple[str, str]], unit: str = "short", kind: str = "timeseries",
-          width: int = 12, description: str = "") -> dict:
+          width: int = 12, description: str = "", stacked: bool = False) -> dict:
+    defaults: dict = {"unit": unit}
+    if stacked:  # areas stacked to the whole: the phases of one loop add up to 100 %
+        defaults["custom"] = {"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 60, "lineWidth": 1}
+        if unit == "percentunit":
+            defaults["max"] = 1
     return {
         "type": kind,
         "title": title,
         "description": description,
         "datasource": DATASOURCE,
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}},
         "targets": [
             {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
@@ -41,6 +46,13 @@ def row(title: str) -> dict:
 
 
 R = "[$__rate_interval]"
+
+
+def phase_share(family: str) -> str:
+    """Each phase's share of all phases' time in a family, summed over the processes exporting it."""
+    return f"sum by (phase) (rate({family}{R})) / on() group_left sum(rate({family}{R}))"
+
+
 PANELS = [
     row("Throughput"),
     panel("Env FPS (total)", [(f"sum(rate(mamql_actor_env_steps_total{R}))", "total")], "short", "stat", 6,
@@ -69,6 +81,22 @@ PANELS = [
           "short", width=12),
     panel("Actor blocked on replay", [(f"sum by (instance) (rate(mamql_actor_send_blocked_seconds_total{R}))",
                                        "{{instance}}")], "percentunit", width=12),
+    row("Time by phase (where is the bottleneck?)"),
+    panel("Actor time by phase", [(phase_share("mamql_actor_phase_seconds_total"), "{{phase}}")], "percentunit",
+          width=8, stacked=True,
+          description="Share of the actors' loop time: act (policy forward), env_step, send_wait (back-pressure "
+                      "from replay: the rate limiter or a slow replay), weight_apply, other. High send_wait: "
+                      "learner- or replay-bound; high env_step: env-bound."),
+    panel("Learner time by phase", [(phase_share("mamql_learner_phase_seconds_total"), "{{phase}}")], "percentunit",
+          width=8, stacked=True,
+          description="Share of the learner loop's time: sample_wait (no online batch ready: actor-bound), "
+                      "host_to_device, update, publish, other. On CUDA, GPU time shows where the host next "
+                      "waits for it (update, publish, or other on the steps that log losses)."),
+    panel("Replay time by phase", [(f"sum by (phase) (rate(mamql_replay_phase_seconds_total{R}))", "{{phase}}")],
+          "short", width=8, stacked=True,
+          description="Seconds per second of replay RPC time, summed over concurrent calls: insert and sample "
+                      "work, and insert_blocked / sample_blocked waits on the rate limiter. Inserts mostly "
+                      "blocked: actors are held back for the learner (samples_per_insert)."),
     row("Learning"),
     panel("Loss per agent", [("sum by (agent, term) (mamql_learner_loss)", "{{agent}} {{term}}")], "short"),
     panel("Episode return per agent", [("avg by (agent) (mamql_actor_last_episode_return)", "{{agent}}")], "short"),
