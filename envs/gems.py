@@ -36,6 +36,14 @@ MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.int64)  # 
 PURPLE_BONUS = 6.0
 OWN_GEM_REWARD = 1.0
 PLANES = ("own_pos", "other_pos", "own_gems", "other_gems", "purple_gems")
+# what `render()` draws, explained under every text frame and beside every image frame
+ANSI_LEGEND = "A agent_0 (red)  B agent_1 (blue)  * both on one cell  r/b/p red/blue/purple gem  . empty"
+COLOURS = {"agent_0": (214, 39, 40), "agent_1": (31, 119, 180), "purple": (148, 52, 196),
+           "floor": (238, 238, 238), "line": (205, 205, 205)}
+RGB_LEGEND = (  # (label, colour, "frame" | "fill"): how gems_rgb draws it
+    ("agent_0", COLOURS["agent_0"], "frame"), ("agent_1", COLOURS["agent_1"], "frame"),
+    ("red gem: +1 agent_0", COLOURS["agent_0"], "fill"), ("blue gem: +1 agent_1", COLOURS["agent_1"], "fill"),
+    ("purple gem: +6 each when both step on purple", COLOURS["purple"], "fill"))
 
 
 @dataclass(frozen=True)
@@ -86,10 +94,36 @@ def gems_observation(state: GemsState, agent: int, size: int = 15) -> np.ndarray
     return planes
 
 
+def gems_rgb(state: GemsState, size: int = 15, cell: int = 16) -> np.ndarray:
+    """The grid as an RGB image [size*cell, size*cell, 3] uint8: gems are filled squares in their
+    colour, each agent a frame around its cell in its colour (a gem under it stays visible); two
+    agents on one cell share it: agent_0 the top and left edges, agent_1 the bottom and right."""
+    img = np.empty((size * cell, size * cell, 3), dtype=np.uint8)
+    img[:] = COLOURS["floor"]
+    img[::cell, :] = img[:, ::cell] = COLOURS["line"]
+    gem_colour = (COLOURS["agent_0"], COLOURS["agent_1"], COLOURS["purple"])
+    lo, hi = cell // 4, cell - cell // 4
+    for (r, c), colour in zip(state.gem_pos, state.gem_color):
+        img[r * cell + lo : r * cell + hi, c * cell + lo : c * cell + hi] = gem_colour[colour]
+    (r0, c0), (r1, c1) = state.agent_pos
+    shared = (r0, c0) == (r1, c1)
+    w = max(2, cell // 6)
+    for i, (r, c) in enumerate(state.agent_pos):
+        y, x, colour = r * cell, c * cell, COLOURS[AGENTS[i]]
+        if not shared or i == 0:
+            img[y + 1 : y + 1 + w, x + 1 : x + cell] = colour  # top
+            img[y + 1 : y + cell, x + 1 : x + 1 + w] = colour  # left
+        if not shared or i == 1:
+            img[y + cell - w : y + cell, x + 1 : x + cell] = colour  # bottom
+            img[y + 1 : y + cell, x + cell - w : x + cell] = colour  # right
+    return img
+
+
 class GemsEnv(ParallelEnv):
     """Two agents collect gems; own colour pays the collector, purple pays both if they cooperate."""
 
-    metadata = {"name": "gems_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+    metadata = {"name": "gems_v0", "render_modes": ["ansi", "rgb_array"], "is_parallelizable": True}
+    rgb_legend = RGB_LEGEND  # for `mamql envs play --gif`
 
     def __init__(
         self,
@@ -101,8 +135,8 @@ class GemsEnv(ParallelEnv):
         max_steps: int = 45,
         render_mode: str | None = None,
     ):
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        if render_mode not in (None, "ansi", "rgb_array"):
+            raise ValueError(f"render_mode must be None, 'ansi' or 'rgb_array', got {render_mode!r}")
         self.size, self.gem_limit, self.max_steps = size, gem_limit, max_steps
         self.render_mode = render_mode
         self.gem_colors = np.array([RED] * num_red + [BLUE] * num_blue + [PURPLE] * num_purple, dtype=np.int64)
@@ -171,9 +205,12 @@ class GemsEnv(ParallelEnv):
     def _observations(self) -> dict[str, np.ndarray]:
         return {a: gems_observation(self.state, i, self.size) for i, a in enumerate(self.possible_agents)}
 
-    def render(self) -> str | None:
-        if self.render_mode != "ansi" or self.state is None:
+    def render(self) -> str | np.ndarray | None:
+        """ansi: a header, the grid and a legend line; rgb_array: gems_rgb's image."""
+        if self.render_mode is None or self.state is None:
             return None
+        if self.render_mode == "rgb_array":
+            return gems_rgb(self.state, self.size)
         grid = [["." for _ in range(self.size)] for _ in range(self.size)]
         for (r, c), colour in zip(self.state.gem_pos, self.state.gem_color):
             grid[r][c] = "rbp"[colour]
@@ -181,7 +218,7 @@ class GemsEnv(ParallelEnv):
         grid[r0][c0] = "A"  # an agent hides the gem it stands on
         grid[r1][c1] = "*" if (r0, c0) == (r1, c1) else "B"
         header = f"step {self.state.step}/{self.max_steps}  gems {self.state.collected}/{self.gem_limit}"
-        return "\n".join([header] + [" ".join(row) for row in grid])
+        return "\n".join([header] + [" ".join(row) for row in grid] + [ANSI_LEGEND])
 
     def close(self) -> None:
         pass

@@ -41,6 +41,18 @@ SOUP_REWARD = 20.0
 OBS_DIM = 35
 LAYOUT = ("XXPXX", "O...O", "X...X", "XDXSX")
 STARTS = ((2, 1), (1, 3))
+# what `render()` draws, explained under every text frame and beside every image frame
+ANSI_LEGEND = ("0/1 cooks agent_0/agent_1 (header: facing ^v<>, holding -/onion/dish/soup)  X counter  "
+               "O onions  P pot  D dishes  S serve (+20 each)  . floor")
+COLOURS = {"agent_0": (214, 39, 40), "agent_1": (31, 119, 180), ".": (238, 238, 238), "X": (176, 146, 106),
+           "O": (240, 200, 40), "P": (80, 80, 80), "D": (200, 225, 245), "S": (60, 170, 80),
+           "onion": (240, 200, 40), "dish": (250, 250, 250), "soup": (255, 127, 14), "line": (205, 205, 205),
+           "notch": (20, 20, 20)}
+RGB_LEGEND = (  # (label, colour, "frame" | "fill"): how kitchen_rgb draws it
+    ("agent_0 (black notch: facing)", COLOURS["agent_0"], "fill"), ("agent_1", COLOURS["agent_1"], "fill"),
+    ("counter", COLOURS["X"], "fill"), ("onions / held onion / pot onions", COLOURS["O"], "fill"),
+    ("pot: orange frame cooking, green ready", COLOURS["P"], "fill"), ("dishes", COLOURS["D"], "fill"),
+    ("serve: +20 each", COLOURS["S"], "fill"), ("held soup", COLOURS["soup"], "fill"))
 
 
 @dataclass
@@ -76,11 +88,12 @@ class Layout:
 class KitchenEnv(ParallelEnv):
     """Two cooks share one pot: fetch 3 onions, wait for the soup, plate it with a dish, serve."""
 
-    metadata = {"name": "kitchen_v0", "render_modes": ["ansi"], "is_parallelizable": True}
+    metadata = {"name": "kitchen_v0", "render_modes": ["ansi", "rgb_array"], "is_parallelizable": True}
+    rgb_legend = RGB_LEGEND  # for `mamql envs play --gif`
 
     def __init__(self, horizon: int = 400, cook_time: int = 20, render_mode: str | None = None):
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        if render_mode not in (None, "ansi", "rgb_array"):
+            raise ValueError(f"render_mode must be None, 'ansi' or 'rgb_array', got {render_mode!r}")
         self.layout = Layout.parse(LAYOUT)
         self.horizon = self.max_steps = horizon
         self.cook_time = cook_time
@@ -169,9 +182,13 @@ class KitchenEnv(ParallelEnv):
     def _observations(self) -> dict[str, np.ndarray]:
         return {a: kitchen_observation(self.state, i, self.layout, self.cook_time, self.horizon) for i, a in enumerate(AGENTS)}
 
-    def render(self) -> str | None:
-        if self.render_mode != "ansi" or self.state is None:
+    def render(self) -> str | np.ndarray | None:
+        """ansi: a header (time, soups served, pot, each cook's facing and load), the grid and a legend
+        line; rgb_array: kitchen_rgb's image."""
+        if self.render_mode is None or self.state is None:
             return None
+        if self.render_mode == "rgb_array":
+            return kitchen_rgb(self.state, self.layout, self.cook_time)
         s = self.state
         grid = [list(row) for row in self.layout.grid]
         for i in range(2):
@@ -181,10 +198,43 @@ class KitchenEnv(ParallelEnv):
             f"cooking {s.pot_timer}" if s.pot_onions == 3 else f"{s.pot_onions}/3 onions"
         )
         header = f"t {s.t}/{self.horizon}  served {s.served}  pot {pot}  {held}"
-        return "\n".join([header] + [" ".join(row) for row in grid])
+        return "\n".join([header] + [" ".join(row) for row in grid] + [ANSI_LEGEND])
 
     def close(self) -> None:
         pass
+
+
+def kitchen_rgb(s: KitchenState, layout: Layout, cook_time: int, cell: int = 32) -> np.ndarray:
+    """The kitchen as an RGB image [rows*cell, cols*cell, 3] uint8: tiles in their colours (the pot
+    with one yellow square per onion, an orange frame while cooking, a green centre when ready), each
+    cook a square in its colour with a black notch on the side it faces and what it holds in the middle."""
+    rows, cols = len(layout.grid), len(layout.grid[0])
+    img = np.empty((rows * cell, cols * cell, 3), dtype=np.uint8)
+    for r, row in enumerate(layout.grid):
+        for c, ch in enumerate(row):
+            img[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = COLOURS.get(ch, COLOURS["."])
+    img[::cell, :] = img[:, ::cell] = COLOURS["line"]
+    q = cell // 8
+    for pr, pc in layout.tiles.get("P", []):
+        y, x = pr * cell, pc * cell
+        if s.pot_onions == 3 and s.pot_timer > 0:
+            img[y + 1 : y + cell, x + 1 : x + cell] = COLOURS["soup"]
+            img[y + 2 * q : y + cell - 2 * q, x + 2 * q : x + cell - 2 * q] = COLOURS["P"]
+        elif s.pot_onions == 3:
+            img[y + 2 * q : y + cell - 2 * q, x + 2 * q : x + cell - 2 * q] = COLOURS["S"]
+        for k in range(s.pot_onions if s.pot_timer > 0 or s.pot_onions < 3 else 0):
+            img[y + 3 * q : y + 5 * q, x + q + 2 * k * q : x + 3 * q + 2 * k * q] = COLOURS["onion"]
+    for i, agent in enumerate(AGENTS):
+        y, x = s.pos[i][0] * cell, s.pos[i][1] * cell
+        img[y + q : y + cell - q, x + q : x + cell - q] = COLOURS[agent]
+        dr, dc = DIRS[s.facing[i]]
+        reach = cell // 2 - q - q // 2  # the notch sits at the edge of the cook's square
+        cy, cx = y + cell // 2 + dr * reach, x + cell // 2 + dc * reach
+        img[cy - q // 2 : cy + q // 2, cx - q // 2 : cx + q // 2] = COLOURS["notch"]
+        if s.held[i] != NOTHING:
+            item = ("onion", "dish", "soup")[s.held[i] - 1]
+            img[y + 3 * q : y + 5 * q, x + 3 * q : x + 5 * q] = COLOURS[item]
+    return img
 
 
 def kitchen_observation(s: KitchenState, i: int, layout: Layout, cook_time: int, horizon: int) -> np.ndarray:

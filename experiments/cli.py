@@ -36,10 +36,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     experts = sub.add_parser("experts", help="reference soft-optimal experts trained by mamql itself (soft-q)")
     register_experts(experts.add_subparsers(dest="experts_command", metavar="ACTION", required=True))
 
-    plot = sub.add_parser("plot", help="PNG plots of experiment results or run directories")
+    plot = sub.add_parser(
+        "plot", help="PNG plots of experiment results or run directories (several runs: one overlaid figure)",
+        description="Learning curves of `mamql local` runs (training-episode returns vs env steps and wall "
+                    "time) and evaluation curves of `mamql train` runs, several runs overlaid on one figure, "
+                    "with an expert line (the demonstrator's mean return, from the runs' demos) and a random "
+                    "line (uniformly random play in the runs' env, measured now); results/<suite> "
+                    "directories get their suite plots.",
+        epilog="examples:\n  mamql plot runs/my-run\n"
+               "  mamql plot runs/a runs/b --out compare.png\n"
+               "  mamql plot runs/a runs/b --expert-return 13.2 --random-return 0.3 --out plots/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     plot.add_argument("dirs", nargs="+", metavar="DIR", help="results/<suite> directories or run directories")
-    plot.add_argument("--out", default=None, help="PNG for `mamql train` run directories, plotted together "
-                      "(default: <first run>/plots/eval-curves.png)")
+    plot.add_argument("--out", default=None, metavar="PATH",
+                      help="a .png file for the one figure the run directories make, or a folder for every "
+                           "figure (default: <run>/plots/curve.png for one `mamql local` run, "
+                           "<first run>/plots/compare.png for several, <first run>/plots/eval-curves.png for "
+                           "`mamql train` runs, results/<suite>/plots/)")
+    plot.add_argument("--expert-return", type=float, default=None, metavar="R",
+                      help="draw the expert line at R (mean return per agent) instead of the runs' demos' value")
+    plot.add_argument("--random-return", type=float, default=None, metavar="R",
+                      help="draw the random line at R instead of measuring random play")
+    plot.add_argument("--random-episodes", type=int, default=32, metavar="N",
+                      help="episodes of random play measured for the random line (0: no random line; default 32)")
+    plot.add_argument("--no-references", action="store_true", help="draw no expert and random lines")
     plot.set_defaults(func=run_plot)
 
 
@@ -81,7 +101,8 @@ def run_plot(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from mamql.experiments.plots import is_trainer_run, plot_results, single_run, trainer_runs
+    from mamql.config import InputError
+    from mamql.experiments.plots import is_trainer_run, local_runs, plot_results, references, trainer_runs
 
     suites, runs, trained = [], [], []  # results/<suite> dirs, `mamql local` runs, `mamql train` runs
     for d in map(Path, args.dirs):
@@ -95,9 +116,33 @@ def run_plot(args: argparse.Namespace) -> int:
             print(f"mamql plot: {d} is neither a results directory (runs/), a run directory (status.jsonl) "
                   "nor a `mamql train` run with evaluations (metrics.jsonl)", file=sys.stderr)
             return 2
-    written = [p for d in suites for p in plot_results(d)] + [p for d in runs for p in single_run(d)]
-    if trained:  # one figure for all of them, so they compare at a glance
-        written += trainer_runs(trained, Path(args.out) if args.out else trained[0] / "plots" / "eval-curves.png")
+    if args.random_episodes < 0:
+        raise InputError(f"--random-episodes must be >= 0, got {args.random_episodes}")
+    out = Path(args.out) if args.out else None
+    one_file = out is not None and out.suffix.lower() == ".png"
+    if one_file and (suites or (runs and trained)):
+        raise InputError(f"--out {out}: these directories make several figures (a results directory, or both "
+                         "`mamql local` and `mamql train` runs): give a folder")
+    if out is not None and not one_file and out.suffix:
+        raise InputError(f"--out {out}: a .png file or a folder")
+    written = []
+    for d in suites:
+        written += plot_results(d, out / d.name if out else None)
+    for group, name, plot in ((runs, "compare.png", local_runs), (trained, "eval-curves.png", trainer_runs)):
+        if not group:
+            continue
+        refs = {}
+        if not args.no_references:
+            refs, notes = references(group, args.expert_return, args.random_return, args.random_episodes)
+            for note in notes:
+                print(f"mamql plot: {note}", file=sys.stderr)
+        if one_file:
+            target = out
+        elif out:
+            target = out / ("curves.png" if plot is local_runs else name)
+        else:
+            target = group[0] / "plots" / ("curve.png" if plot is local_runs and len(group) == 1 else name)
+        written += plot(group, target, refs)
     for path in written:
         print(path)
     return 0

@@ -3,6 +3,12 @@
 Learning curves come from each run's status.jsonl: the mean return of the episodes the actors
 finished in each status interval (Boltzmann sampling, i.e. how the policy behaves while training),
 averaged over agents, smoothed, put on a common x grid and shown as mean ± std over seeds.
+
+`mamql plot RUN...` overlays run directories on one figure with two reference lines, honest about
+where they come from: the expert line is the demonstrator's own mean return, read from the runs'
+demos metadata (what collection measured), and the random line is measured on the spot by seeded
+uniformly random play in the runs' env; either can be given instead, and neither is drawn when the
+runs disagree on demos or env (a note says why).
 """
 
 from __future__ import annotations
@@ -171,30 +177,130 @@ def sample_efficiency(results: Path, out_dir: Path) -> list[Path]:
     return written
 
 
-def plot_results(results: Path) -> list[Path]:
-    out_dir = results / "plots"
+def plot_results(results: Path, out_dir: Path | None = None) -> list[Path]:
+    """Every plot of a results/<suite> directory, into out_dir (default results/plots)."""
+    out_dir = out_dir or results / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     return learning_curves(results, out_dir) + reward_scatter(results, out_dir) + sample_efficiency(results, out_dir)
 
 
-def single_run(run_dir: Path) -> list[Path]:
-    """Learning curve of one run directory (from `mamql local` or an experiment)."""
+def single_run(run_dir: Path, out: Path | None = None, refs: dict | None = None) -> list[Path]:
+    """Learning curve of one run directory (from `mamql local` or an experiment); default
+    <run>/plots/curve.png."""
+    return local_runs([run_dir], out or run_dir / "plots" / "curve.png", refs)
+
+
+def local_runs(run_dirs: list[Path], out: Path, refs: dict | None = None) -> list[Path]:
+    """Learning curves of `mamql local` runs (status.jsonl) overlaid, one line per run: mean return
+    per agent of the training episodes vs env steps and vs wall-clock seconds, with the reference lines."""
     plt = _pyplot()
-    steps, times, returns = read_curve(run_dir)
-    out_dir = run_dir / "plots"
-    out_dir.mkdir(exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, x, label in ((axes[0], steps, "environment steps"), (axes[1], times, "wall-clock seconds")):
-        ax.plot(x, returns)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for run_dir in run_dirs:
+        steps, times, returns = read_curve(run_dir)
+        for ax, x in zip(axes, (steps, times)):
+            ax.plot(x, returns, label=run_dir.name)
+    for ax, label in zip(axes, ("environment steps", "wall-clock seconds")):
+        draw_references(ax, refs)
         ax.set_xlabel(label)
         ax.set_ylabel("mean return per agent (training episodes)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{run_dir.name}: learning curve")
+        ax.legend(loc="best")
+    title = run_dirs[0].name if len(run_dirs) == 1 else f"{len(run_dirs)} runs"
+    fig.suptitle(f"{title}: learning curve{'s' if len(run_dirs) > 1 else ''} (smoothed over 5 status lines)")
+    return [_save(fig, out)]
+
+
+def _save(fig, out: Path) -> Path:
+    plt = _pyplot()
     fig.tight_layout()
-    path = out_dir / "curve.png"
-    fig.savefig(path, dpi=110)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
-    return [path]
+    return out
+
+
+# --------------------------------------------------------------------------- reference lines
+
+def draw_references(ax, refs: dict | None) -> None:
+    """Horizontal expert and random lines: refs = {"expert": (value, label), "random": (value, label)}."""
+    styles = {"expert": ("black", "--"), "random": ("gray", ":")}
+    for kind, (value, label) in (refs or {}).items():
+        color, style = styles[kind]
+        ax.axhline(value, color=color, linestyle=style, label=f"{label}: {value:.2f}")
+
+
+def run_demos(run_dir: Path) -> Path | None:
+    """The demos a run learned from: `mamql local` records them in local.json; `mamql train` keeps
+    the demos it collected as demos.npz (demos given by --demos are not recorded there)."""
+    try:
+        demos = json.loads((run_dir / "local.json").read_text()).get("demos")
+    except (OSError, ValueError):
+        demos = None
+    if demos and Path(demos).exists():
+        return Path(demos)
+    return run_dir / "demos.npz" if (run_dir / "demos.npz").exists() else None
+
+
+def demos_expert_return(path: Path) -> float | None:
+    """The demonstrator's mean return per agent, from the demos' metadata (what collect_demos measured
+    over the complete episodes it recorded); None when the metadata has none."""
+    from mamql.learner.demos import load_demos
+
+    try:
+        meta = load_demos(path)[1]
+    except Exception:  # noqa: BLE001 - a broken demos file just gets no line
+        return None
+    returns = meta.get("mean_return") or {}
+    return float(np.mean(list(returns.values()))) if returns else None
+
+
+def run_env(run_dir: Path) -> tuple[str, dict] | None:
+    from mamql.config import load_config
+
+    try:
+        config = load_config(run_dir / "config.yaml")
+    except Exception:  # noqa: BLE001 - no (readable) config: no env to play
+        return None
+    return config.env.name, dict(config.env.kwargs)
+
+
+def random_play_return(env: str, env_kwargs: dict, episodes: int) -> float:
+    """Mean return per agent of uniformly random play, over `episodes` seeded episodes."""
+    from mamql.envs.experts import make_expert
+    from mamql.learner.evaluate import run_episodes
+
+    result = run_episodes(make_expert(env, kind="random", seed=0, **env_kwargs), env, episodes, env_kwargs=env_kwargs)
+    return float(np.mean(list(result["mean_return"].values())))
+
+
+def references(run_dirs: list[Path], expert: float | None = None, random: float | None = None,
+               random_episodes: int = 32) -> tuple[dict, list[str]]:
+    """(refs for draw_references, notes on what was left out and why). Given values win; otherwise
+    the expert line is the demonstrator's mean return from the runs' demos (drawn when every run
+    names demos and they agree), and the random line is measured: uniformly random play in the runs'
+    env (drawn when all runs share one env and kwargs), random_episodes seeded episodes."""
+    refs, notes = {}, []
+    if expert is not None:
+        refs["expert"] = (float(expert), "expert (given)")
+    else:
+        demos = [run_demos(d) for d in run_dirs]
+        values = {demos_expert_return(p) if p else None for p in demos}
+        if None in values or not values:
+            notes.append("no expert line: a run has no recorded demos with returns (give --expert-return)")
+        elif len(values) > 1:
+            notes.append("no expert line: the runs' demos have different expert returns (give --expert-return)")
+        else:
+            refs["expert"] = (values.pop(), "expert (demos)")
+    if random is not None:
+        refs["random"] = (float(random), "random (given)")
+    elif random_episodes > 0:
+        envs = [run_env(d) for d in run_dirs]
+        if None in envs or any(e != envs[0] for e in envs):
+            notes.append("no random line: the runs do not share one env (give --random-return)")
+        else:
+            name, kwargs = envs[0]
+            refs["random"] = (random_play_return(name, kwargs, random_episodes), f"random ({random_episodes} episodes)")
+    return refs, notes
 
 
 def read_evals(run_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -218,9 +324,9 @@ def is_trainer_run(run_dir: Path) -> bool:
     return path.exists() and '"event": "eval"' in path.read_text()
 
 
-def trainer_runs(run_dirs: list[Path], out: Path) -> list[Path]:
+def trainer_runs(run_dirs: list[Path], out: Path, refs: dict | None = None) -> list[Path]:
     """Evaluation curves of several `mamql train` runs on one figure (greedy and sampled panels),
-    e.g. MAMQL vs BC vs IQL-MA on the same demos."""
+    e.g. MAMQL vs BC vs IQL-MA on the same demos, with the reference lines."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for run_dir in run_dirs:
@@ -228,14 +334,11 @@ def trainer_runs(run_dirs: list[Path], out: Path) -> list[Path]:
         for ax, mode in zip(axes, ("greedy", "sample")):
             ax.plot(steps, modes[mode], marker="o", label=run_dir.name)
     for ax, mode in zip(axes, ("greedy", "sampled (Boltzmann)")):
+        draw_references(ax, refs)
         ax.set_title(f"{mode} policy")
         ax.set_xlabel("learner updates")
         ax.set_ylabel("mean return per agent (evaluation episodes)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("evaluation return vs learner updates")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return [out]
+    return [_save(fig, out)]

@@ -102,7 +102,13 @@ class Trainer:
         self.policy = policy_from(self.updater, "sample", alpha=lc.alpha, seed=seed)
         self.rollout_returns: list[np.ndarray] = []  # per finished episode: return of each agent
         self.written_checkpoint: Path | None = None  # the newest checkpoint this Trainer wrote
+        from mamql.learner.tensorboard_log import TensorBoardLog
+
+        self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard", self.agents)  # every _log record
         self._seed_online(make_expert(config.env.name, kind="random", seed=seed, **env_kwargs))
+        # an optional guide expert shares the rollouts early on (learner/guide.py)
+        self.guide = make_expert(config.env.name, kind=lc.guide, seed=seed + 1, **env_kwargs) if lc.guide else None
+        self.guide_rng = np.random.default_rng(seed + 2)
 
     def _step_env(self, policy) -> None:
         from mamql.envs.vector import transition_batch
@@ -120,6 +126,14 @@ class Trainer:
         for _ in range(max(1, steps)):
             self._step_env(random_policy)
         self.rollout_returns.clear()
+
+    def _behaviour_policy(self):
+        """The learners' Boltzmann policy, with the guide's actions mixed in while it fades out."""
+        from mamql.learner.guide import GuidedPolicy, guide_probability
+
+        lc = self.config.learner
+        prob = guide_probability(self.updater.step, lc.guide_probability, lc.guide_updates) if self.guide else 0.0
+        return GuidedPolicy(self.policy, self.guide, prob, self.guide_rng) if prob > 0 else self.policy
 
     def evaluate(self) -> dict[str, Any]:
         from mamql.learner.evaluate import policy_from, run_episodes
@@ -151,11 +165,14 @@ class Trainer:
     def _log(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.tensorboard.write(record)
 
     def train(self, steps: int | None = None) -> dict[str, Any]:
         """Train until updater.step == steps (default learner.steps); returns the last eval and the
         checkpoint this call wrote (None when a resumed run had nothing left to do)."""
         from tqdm import tqdm
+
+        from mamql.learner.tensorboard_log import recovery_record
 
         lc = self.config.learner
         total = lc.steps if steps is None else int(steps)
@@ -170,8 +187,9 @@ class Trainer:
         count, t0, last_eval = 0, time.monotonic(), None
         while u.step < total:
             self.policy.load_flat(u.policy_weights())
+            behaviour = self._behaviour_policy()
             for _ in range(lc.rollout_steps_per_update):
-                self._step_env(self.policy)
+                self._step_env(behaviour)
             expert = None if self.soft_q else self.replay.sample(EXPERT, lc.batch_size).batch
             online = self.replay.sample(ONLINE, lc.batch_size).batch
             logs = u.update(expert, online)
@@ -197,9 +215,10 @@ class Trainer:
             if (lc.eval_every and u.step % lc.eval_every == 0) or u.step == total:
                 t_eval = time.monotonic()
                 last_eval = self.evaluate()
+                recovery = {} if self.soft_q else recovery_record(u, self.demos)
                 t0 += time.monotonic() - t_eval  # updates/s counts training time only
                 self._log({"step": u.step, "time": time.time(), "event": "eval", **{
-                    f"eval/{mode}/{a}": r for mode, rets in last_eval.items() for a, r in rets.items()}})
+                    f"eval/{mode}/{a}": r for mode, rets in last_eval.items() for a, r in rets.items()}, **recovery})
                 bar.write(f"step {u.step} eval: {json.dumps(last_eval)}")
             if (lc.checkpoint_every and u.step % lc.checkpoint_every == 0) or u.step == total:
                 self.checkpoint()
@@ -210,6 +229,7 @@ class Trainer:
     def close(self) -> None:
         self.env.close()
         self.replay.close()
+        self.tensorboard.close()
 
 
 def train(config: Config, demos: Mapping[str, np.ndarray] | None, run_dir: str | Path | None = None, resume: bool = False,

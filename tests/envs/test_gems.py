@@ -126,7 +126,7 @@ def test_render_ansi():
     env = GemsEnv(render_mode="ansi")
     env.reset(seed=0)
     text = env.render()
-    assert "A" in text and "B" in text and text.count("\n") == 15
+    assert "A" in text and "B" in text and text.count("\n") == 16  # header, 15 rows, legend
 
 
 @pytest.mark.parametrize("bad", ["human"])
