@@ -75,6 +75,12 @@ def final_evaluation(updater: Any, config: Any, episodes: int) -> dict[str, Any]
         out[mode] = {"mean_return": res["mean_return"], "std_return": res["std_return"],
                      "mean_return_all_agents": float(np.mean(list(res["mean_return"].values()))),
                      "mean_length": res["mean_length"], "episodes": res["episodes"]}
+    # the yardstick beside them: uniform random play over the same fixed-seed episodes
+    from mamql.envs.experts import make_expert
+
+    res = run_episodes(make_expert(config.env.name, kind="random", seed=config.run.seed, **config.env.kwargs),
+                       config.env.name, episodes, env_kwargs=config.env.kwargs)
+    out["random"] = {"mean_return": res["mean_return"], "mean_return_all_agents": float(np.mean(list(res["mean_return"].values())))}
     per_agent = {a: float(boltzmann_entropy(np.concatenate(qs), alpha).mean()) for a, qs in recorder.q.items()}
     num_actions = next(iter(recorder.q.values()))[0].shape[1]
     out["entropy"] = {

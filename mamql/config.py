@@ -214,6 +214,14 @@ class LearnerConfig:
     """trainer: FIFO capacity of its in-process online table (the distributed learner uses `replay.tables`)."""
     rollout_steps_per_update: int = 4
     """trainer: vector-env steps (each `actor.num_envs` transitions) collected per update."""
+    guide: str = ""
+    """trainer, algo soft-q: an expert (`scripted`, `checkpoint:PATH`) that takes each agent's rollout
+    action with probability `guide_probability`, falling linearly to 0 at `guide_updates`; it picks which
+    soft equilibrium training finds (learner/guide.py), the loss never sees it. Empty (the default) = none."""
+    guide_probability: float = 0.5
+    """trainer: the guide's share of the rollout actions at update 0 (see `guide`)."""
+    guide_updates: int = 0
+    """trainer: updates after which rollouts are the learners' own policies only (see `guide`)."""
     eval_every: int = 250
     """trainer: updates between evaluations; 0 = only at the end."""
     eval_episodes: int = 16
@@ -505,6 +513,14 @@ def validate(config: Config) -> Config:
     need(learner.algo in ALGOS, f"learner.algo must be one of {', '.join(ALGOS)}, got {learner.algo!r}")
     need(learner.algo != "soft-q" or learner.augment == "none",
          f"learner.augment={learner.augment} transforms demonstrations; learner.algo=soft-q has none")
+    need(not learner.guide or learner.algo == "soft-q",
+         f"learner.guide explores for forward soft-Q training; learner.algo={learner.algo} learns from demonstrations")
+    need(0.0 <= learner.guide_probability <= 1.0,
+         f"learner.guide_probability must be in [0, 1], got {learner.guide_probability}")
+    need(not learner.guide or learner.guide_updates > 0,
+         f"learner.guide={learner.guide!r} needs learner.guide_updates > 0 (the updates over which it fades out)")
+    need(not learner.guide or learner.guide in EXPERTS or learner.guide.startswith("checkpoint:"),
+         f"learner.guide must be one of {', '.join(EXPERTS)} or checkpoint:PATH, got {learner.guide!r}")
     need(0.0 <= learner.target_tau <= 1.0, f"learner.target_tau must be in [0, 1], got {learner.target_tau}")
     need(learner.batch_size >= 1, f"learner.batch_size must be >= 1, got {learner.batch_size}")
     need(learner.expert_transitions >= 1, f"learner.expert_transitions must be >= 1, got {learner.expert_transitions}")

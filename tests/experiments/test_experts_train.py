@@ -54,6 +54,7 @@ def test_experts_train_writes_a_loadable_expert_and_one_json_line(tmp_path):
     assert record["config"].endswith("experiments/experts/gems.yaml") and record["wall_s"] > 0
     for mode in ("greedy", "sample"):
         assert record[mode]["episodes"] == 3 and set(record[mode]["mean_return"]) == {"agent_0", "agent_1"}
+    assert set(record["random"]["mean_return"]) == {"agent_0", "agent_1"}  # the random-play yardstick
     entropy = record["entropy"]
     assert 0.0 < entropy["mean"] <= entropy["max"] == pytest.approx(math.log(5))
     assert entropy["states"] >= 3 * 2 and "softmax" in entropy["how"]  # at least one step of each episode
