@@ -36,10 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="returns and reward recovery of a learner checkpoint (JSON)")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--episodes", type=int, default=32)
-    ev.add_argument("--demos", default=None, help="demos for reward recovery (default: the run's, if saved)")
-    ev.add_argument("--recovery-rows", type=int, default=4096)
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", default=None, metavar="DIR",
+                       help="a run directory (mamql local or train): its newest learner checkpoint and its demos")
+    which.add_argument("--checkpoint", default=None, metavar="PATH", help="a learner checkpoint (.pt)")
+    ev.add_argument("--episodes", type=int, default=32, help="episodes per mode, greedy and sampled (default 32)")
+    ev.add_argument("--demos", default=None, help="demos for reward recovery (default: the run's own: the file "
+                    "`mamql local --demos` was given, or demos.npz in the run directory)")
+    ev.add_argument("--recovery-rows", type=int, default=4096, help="demo rows scored for reward recovery (default 4096)")
     ev.add_argument("--seed", type=int, default=None, help="eval env seed")
     ev.add_argument("--expert-checkpoint", default=None, metavar="PATH", help="the checkpoint of the expert that "
                     "played the demos: its own implied reward Q_E - gamma V_E(s') is scored on the same rows "
@@ -133,22 +137,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mamql.learner.demos import load_demos
     from mamql.config import InputError
     from mamql.learner.evaluate import (EVAL_SEED, config_from_extra, load_expert_updater, load_updater, policy_from,
-                                        reward_recovery, run_episodes)
+                                        reward_recovery, run_checkpoint, run_demos, run_dir_of, run_episodes)
 
-    updater, extra = load_updater(args.checkpoint)
+    checkpoint = run_checkpoint(args.run) if args.run else Path(args.checkpoint)
+    updater, extra = load_updater(checkpoint)
     config = config_from_extra(extra)
-    demos_path = Path(args.demos) if args.demos else Path(args.checkpoint).resolve().parent.parent / "demos.npz"
+    # a checkpoint outside any run directory: demos.npz two levels up, where `mamql train` keeps them
+    run_dir = Path(args.run) if args.run else run_dir_of(checkpoint) or checkpoint.resolve().parent.parent
+    demos_path = Path(args.demos) if args.demos else run_demos(run_dir)
+    if args.demos and not demos_path.exists():
+        raise InputError(f"--demos {args.demos} does not exist")
     expert = None
     if args.expert_checkpoint:  # checked before any episode runs
-        if not demos_path.exists():
-            raise InputError(f"--expert-checkpoint scores reward recovery on demos: no --demos given and no {demos_path}")
+        if demos_path is None or not demos_path.exists():
+            raise InputError("--expert-checkpoint scores reward recovery on demos: no --demos given and none "
+                             f"found with the run ({run_dir})")
         expert = load_expert_updater(args.expert_checkpoint, config.env.name)
     seed = EVAL_SEED if args.seed is None else args.seed
-    out: dict = {"checkpoint": str(args.checkpoint), "env": config.env.name, "algo": updater.algo, "step": updater.step}
+    out: dict = {"checkpoint": str(checkpoint), "env": config.env.name, "algo": updater.algo, "step": updater.step}
     for mode in ("greedy", "sample"):
         res = run_episodes(policy_from(updater, mode, seed=seed), config.env.name, args.episodes, seed, config.env.kwargs)
         out[mode] = res
-    if demos_path.exists():
+    if demos_path is not None and demos_path.exists():
         demos, _ = load_demos(demos_path)
         out["reward_recovery"] = reward_recovery(updater, demos, max_rows=args.recovery_rows)
         out["reward_recovery_note"] = ("raw: Pearson/MSE of r^ vs true reward after an affine fit, not shaping-invariant; "

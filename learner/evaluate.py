@@ -77,6 +77,47 @@ def load_updater(path: str | Path, device: str = "cpu") -> tuple[Updater, dict]:
     return updater, dict(ckpt["extra"])
 
 
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The newest learner checkpoint of a run directory: `mamql local`'s checkpoints/learner/latest.pt,
+    else `mamql train`'s newest checkpoints/learner_<step>.pt. None there is an InputError."""
+    from mamql.config import InputError
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"--run {run_dir}: no such run directory")
+    local = run_dir / "checkpoints" / "learner" / "latest.pt"
+    if local.is_file():
+        return local
+    trained = sorted((run_dir / "checkpoints").glob("learner_*.pt"))
+    if trained:
+        return trained[-1]
+    raise InputError(f"--run {run_dir}: no learner checkpoint in {run_dir / 'checkpoints'} "
+                     "(the learner writes one every learner.checkpoint_every updates and when it stops)")
+
+
+def run_dir_of(checkpoint: str | Path) -> Path | None:
+    """The run directory a checkpoint lies in: its nearest ancestor with a config.yaml (runs/NAME
+    for runs/NAME/checkpoints/learner/latest.pt and runs/NAME/checkpoints/learner_*.pt)."""
+    for parent in Path(checkpoint).resolve().parents:
+        if (parent / "config.yaml").is_file():
+            return parent
+    return None
+
+
+def run_demos(run_dir: str | Path) -> Path | None:
+    """The demos a run learned from: the file recorded in local.json (`mamql local` writes the path it
+    was given, or collected into), else the run's own demos.npz; None when there are none."""
+    run_dir = Path(run_dir)
+    try:
+        recorded = json.loads((run_dir / "local.json").read_text()).get("demos")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    for path in ([Path(recorded)] if recorded else []) + [run_dir / "demos.npz"]:
+        if path.is_file():
+            return path
+    return None
+
+
 def load_expert_updater(path: str | Path, env_name: str) -> tuple[Updater, dict]:
     """(Updater, record) of an expert's checkpoint, for scoring its own implied reward
     r_E = Q_E(s, a_i) - gamma E[V_E(s')] (reward_recovery) next to a learned one: the yardstick. A

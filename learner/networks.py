@@ -19,6 +19,8 @@ Architectures:
   (256, 256) are the paper's Highway size; the paper's Overcooked/Kitchen net 2048 -> 4096 -> 2048
   (PAPER_KITCHEN_HIDDEN, ~17 M multiply-adds per row) is available through `hidden` but too slow
   for the CPU default.
+- `first_run_hidden`: what `mamql local` puts in an empty `learner.hidden` before it writes the
+  run's config: the paper's head on CUDA, CPU_IMAGE_HIDDEN for image critics on a CPU learner.
 - `network="mlp"`: flatten + MLP for any observation shape (planes included).
 - `network="linear"`: one Linear(prod(obs_shape) -> A) layer, obs_dim * A weights + A biases: a Q
   table when observations are one-hot, the smallest critic a small custom env can have.
@@ -36,6 +38,10 @@ from torch import Tensor, nn
 IMAGE_HIDDEN = (1024, 1024)
 VECTOR_HIDDEN = (256, 256)
 PAPER_KITCHEN_HIDDEN = (2048, 4096, 2048)
+# The image head `mamql local` uses on a CPU learner: a Gems update (batch 256+256, 2 agents) costs
+# ~0.4 s of one core with it against ~1.0 s with IMAGE_HIDDEN (the conv trunk is then the larger part),
+# and 300 updates still lift training returns well above random play (README's quick start).
+CPU_IMAGE_HIDDEN = (256,)
 NETWORKS = ("default", "mlp", "linear")  # config.LearnerConfig.network
 
 
@@ -112,6 +118,17 @@ def build_joint_critics(spec: Any, hidden: Sequence[int] | None = None,
     """One joint-action critic per agent (IQL-MA baseline)."""
     n = [int(spec.num_actions[a]) for a in spec.agents]
     return {a: JointCritic(spec.obs_shape[a], n, i, hidden, network) for i, a in enumerate(spec.agents)}
+
+
+def first_run_hidden(spec: Any, device: str = "auto") -> tuple[int, ...]:
+    """The `hidden` for a run that leaves it empty, for a learner on `device` (auto | cpu | cuda...):
+    CPU_IMAGE_HIDDEN when an agent has image observations and the learner will run on CPU, else ()
+    (the default widths). The caller writes the choice into the run's config, so the actors, which
+    act on CPU whatever the learner's device, build the same critic."""
+    if not any(len(spec.obs_shape[a]) == 3 for a in spec.agents):
+        return ()
+    on_cuda = torch.cuda.is_available() if str(device) == "auto" else str(device).startswith("cuda")
+    return () if on_cuda else CPU_IMAGE_HIDDEN
 
 
 def torch_dtype(dtype: Any) -> torch.dtype:

@@ -24,7 +24,8 @@ FAST = [
 
 
 def test_local_runs_end_to_end_survives_actor_kill_and_stops_cleanly(tmp_path):
-    cmd = [sys.executable, "-m", "mamql.cli", "local", "--env", "gems", "--actors", "2", "--steps", "0",
+    # a target far beyond what the test waits for: the status line has progress and an ETA; SIGTERM ends it
+    cmd = [sys.executable, "-m", "mamql.cli", "local", "--env", "gems", "--actors", "2", "--steps", "100000",
            "--expert-transitions", "500", "--run-name", "e2e", "--status-every", "1",
            "--set", f"run.root={tmp_path}", *FAST]
     out_path = tmp_path / "local.out"
@@ -90,4 +91,22 @@ def test_local_runs_end_to_end_survives_actor_kill_and_stops_cleanly(tmp_path):
     assert metrics_lines and "agent_0/loss" in json.loads(metrics_lines[-1])
     status = [json.loads(line) for line in (run_dir / "status.jsonl").read_text().splitlines()]
     assert max(s["env_fps"] for s in status) > 0 and max(s["updates"] for s in status) > 0
-    assert re.search(r"env +\d+ fps \| insert", output)
+    assert status[-1]["updates_target"] == 100000 and status[-1]["episodes"] > 0
+
+    # what a newcomer reads: a legend once, progress with an ETA, then the next commands for this run
+    lines = output.splitlines()
+    legend = [i for i, line in enumerate(lines) if line.startswith("status every 1 s; rates per second over")]
+    first_status = next(i for i, line in enumerate(lines) if re.search(r" \| updates \d+/100000", line))
+    assert len(legend) == 1 and legend[0] < first_status, output[:3000]
+    assert re.search(r"^\S+ \| updates \d+/100000 \([\d.]+/s, ETA \d+[hms]", output, re.M), output[-3000:]
+    assert re.search(r"\| return agent_0=-?[\d.]+ agent_1=-?[\d.]+ \| env [\d,]+/s \| replay in ", output)
+    assert f"  mamql evaluate --run {run_dir} " in output and f"  mamql plot {run_dir} " in output
+    assert re.search(r"^done in \d+\S*: \d+ updates, [\d,]+ env steps", output, re.M)
+
+    # the printed evaluate command finds the run's checkpoint and its collected demos by itself
+    evaluate = subprocess.run([sys.executable, "-m", "mamql.cli", "evaluate", "--run", str(run_dir), "--episodes", "1",
+                               "--recovery-rows", "64"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    report = json.loads(evaluate.stdout)
+    assert report["checkpoint"] == str(run_dir / "checkpoints" / "learner" / "latest.pt")
+    assert report["demos"] == str((run_dir / "demos.npz").resolve()) and "reward_recovery" in report

@@ -189,6 +189,8 @@ def test_finished_run_reconciles_and_resume_continues_it(tmp_path, demos):
     inserted = replay_inserted(run_dir)
     assert produced == acked == inserted > 0
     assert re.search(r"stopped after 10 updates at step 10", (run_dir / "logs" / "learner.log").read_text())
+    assert re.search(r"^done in \d+\S*: 10 updates, ", output, re.M), output[-3000:]
+    assert f"  mamql local --resume {run_dir} --steps 20 " in output
 
     # an existing run directory is refused without --resume, and left as it was
     before = sorted(p.name for p in run_dir.rglob("*"))
@@ -200,7 +202,8 @@ def test_finished_run_reconciles_and_resume_continues_it(tmp_path, demos):
 
     # --resume: same config.yaml, demos and actor count; learner and replay continue from checkpoints
     config_before = (run_dir / "config.yaml").read_text()
-    second = subprocess.Popen([sys.executable, "-m", "mamql.cli", "local", "--resume", "res", "--steps", "20",
+    records = len((run_dir / "status.jsonl").read_text().splitlines())
+    second = subprocess.Popen([sys.executable, "-m", "mamql.cli", "local", "--resume", "res", "--steps", "25",
                                "--status-every", "1", "--set", f"run.root={tmp_path}"],
                               stdout=(tmp_path / "resume.out").open("w"), stderr=subprocess.STDOUT, cwd=tmp_path,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -215,10 +218,14 @@ def test_finished_run_reconciles_and_resume_continues_it(tmp_path, demos):
     assert exit_codes(output) == {"actor-0": "0", "actor-1": "0", "learner": "0", "replay": "0"}, output[-2000:]
     learner_log = (run_dir / "logs" / "learner.log").read_text()
     assert "resumed from" in learner_log and "at step 10" in learner_log
-    assert re.search(r"stopped after 10 updates at step 20", learner_log), learner_log[-2000:]
+    assert re.search(r"stopped after 15 updates at step 25", learner_log), learner_log[-2000:]
+    # progress counts the updates still to do from the checkpoint's step, not from 0
+    resumed = [json.loads(line) for line in (run_dir / "status.jsonl").read_text().splitlines()[records:]]
+    assert resumed and all(r["updates_target"] == 15 for r in resumed)
+    assert re.search(r"^done in \d+\S*: 15 updates, ", output, re.M), output[-3000:]
     assert "restored" in (run_dir / "logs" / "replay.log").read_text()
     expected = yaml.safe_load(config_before)
-    expected["learner"]["steps"] = 20  # the one change given on the command line
+    expected["learner"]["steps"] = 25  # the one change given on the command line
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == expected
     produced2, acked2 = actor_totals(run_dir, 2)  # the actors' logs now end with the resumed run's lines
     assert produced2 == acked2 > 0 and replay_inserted(run_dir) == inserted + acked2
