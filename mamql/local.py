@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from mamql.config import ALGOS, Config, InputError, dump_config, with_updates
+from mamql.phases import PhaseWindow, bottleneck
 from mamql.supervisor import Supervisor, grpc_serving, scrape, total
 
 MAX_ACTOR_RESTARTS = 5
@@ -139,6 +140,7 @@ class StatusLine:
         self.start = time.monotonic() if now is None else now
         self.window = RateWindow(window_s)
         self.window.add(self.start, self.totals)
+        self.phases = PhaseWindow(window_s)  # seconds per phase (mamql.phases), over the same window
         self.recent_episodes = int(recent_episodes)
         self.recent: collections.deque[dict[str, tuple[float, float]]] = collections.deque()  # per interval
         self.episodes = 0.0
@@ -209,7 +211,8 @@ class StatusLine:
             "returns_recent": recent,
             "episodes": self.episodes,  # ended so far, all actors
             "actors_alive": actors_alive,
-            # mamql/phases.py may add "bottleneck": one phrase naming where the time goes
+            # one phrase naming where the time goes, from the phase counters (None until two scrapes)
+            "bottleneck": bottleneck(self.phases.update(scraped, now)),
         }
 
     def _recent(self, ended: dict[str, tuple[float, float]]) -> dict[str, float]:

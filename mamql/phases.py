@@ -48,6 +48,7 @@ REPLAY_DOC = ("Cumulative seconds of replay RPC work by phase, summed over concu
               "on the table's rate limiter)")
 
 WAITING = 0.3  # a process that waits this fraction of its time or more is held up by another
+BUSY = 0.8  # a learner busy this fraction of its time in one phase, waiting for nobody, sets the pace
 LIMITER_SHARE = 0.5  # actors' send waits are put on the rate limiter when replay inserts block this much
 
 
@@ -171,7 +172,8 @@ def bottleneck(seconds: Mapping[str, Mapping[str, float]], waiting: float = WAIT
     send mean replay pushes back: "learner-bound ... on the rate limiter" when the replay's inserts
     spent most of their time blocked on it, "replay-bound" when they did not (replay or the network
     is slow) or when the learner waits too ("send-bound" without replay data to tell). Neither
-    waiting: "balanced". None without actor or learner data."""
+    waiting: "learner-bound" when the learner spends `BUSY` of its time in one working phase (it sets
+    the pace and actors run free), else "balanced". None without actor or learner data."""
     actor, learner = _fractions(seconds.get("actor")), _fractions(seconds.get("learner"))
     if not actor and not learner:
         return None
@@ -200,6 +202,13 @@ def bottleneck(seconds: Mapping[str, Mapping[str, float]], waiting: float = WAIT
             sentence += f", learner spends {_pct(fraction)} {LEARNER_DOING[phase]}"
         return sentence
     parts = []
+    if learner_top is not None and learner_top[1] >= BUSY and learner_top[0] != "other":
+        # nobody waits, but the learner never rests: updates/s is what its compute allows; actors
+        # produce more than it consumes (add replay.tables[].samples_per_insert to pace them)
+        sentence = f"learner-bound: learner spends {_pct(learner_top[1])} {LEARNER_DOING[learner_top[0]]}"
+        if actor_top is not None:
+            sentence += f", actors run free ({_pct(actor_top[1])} {ACTOR_DOING[actor_top[0]]})"
+        return sentence
     if actor_top is not None:
         parts.append(f"actors spend {_pct(actor_top[1])} {ACTOR_DOING[actor_top[0]]}")
     if learner_top is not None:

@@ -65,6 +65,16 @@ def test_balanced_and_no_data():
     assert bottleneck(seconds, waiting=0.15).startswith("env-bound: actors spend 70 % stepping envs")
 
 
+def test_a_saturated_learner_that_waits_for_nobody_sets_the_pace():
+    # no rate limiter: actors never wait, the learner updates 96 % of the time (mamql local's default)
+    seconds = {"actor": {"act": 7.7, "env_step": 2.0, "send_wait": 0.0, "other": 0.3},
+               "learner": {"sample_wait": 0.1, "host_to_device": 0.2, "update": 9.6, "publish": 0.1}}
+    assert bottleneck(seconds) == ("learner-bound: learner spends 96 % updating, "
+                                   "actors run free (77 % acting (policy forward))")
+    seconds["learner"] = {"sample_wait": 1.0, "update": 7.0, "publish": 2.0}  # 70 %: below BUSY
+    assert bottleneck(seconds).startswith("balanced: ")
+
+
 # --------------------------------------------------------------------------- from scraped samples
 
 def test_phase_seconds_reads_only_the_phase_families():
