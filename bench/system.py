@@ -10,6 +10,8 @@
   every millisecond, p50/p99 over versions (goal p50 < 20 ms).
 - actors_2_vs_1: transitions/s inserted with 2 actor processes divided by 1 (goal >= 1.7; the replay
   server shares the same 2 cores here).
+- forward_training: env steps/s and updates/s of forward soft-Q training (`mamql local --algo soft-q`,
+  1 actor), medians over its status records while the learner updates.
 """
 
 from __future__ import annotations
@@ -252,11 +254,32 @@ def bench_actor_scaling(tmp: str, seconds: float) -> dict:
             "ratio": round(rates[2] / rates[1], 3), "mode": "expert, 8 envs per actor"}
 
 
+def bench_forward_training(tmp: str, updates: int) -> dict:
+    """Forward soft-Q through the whole system: `mamql local --algo soft-q` (replay, learner and one
+    actor as processes, the CPU critic `mamql local` picks); env steps/s and updates/s are medians of
+    its status records once the learner has started updating."""
+    run_root = Path(tmp) / "forward"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mamql.cli", "local", "--env", "gems", "--algo", "soft-q", "--steps", str(updates),
+         "--actors", "1", "--run-name", "bench", "--status-every", "2", "--set", f"run.root={run_root}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mamql local --algo soft-q failed: {proc.stderr[-2000:]}")
+    records = [json.loads(line) for line in (run_root / "bench" / "status.jsonl").read_text().splitlines()]
+    training = [r for r in records if r.get("updates", 0) > 0]
+    config = load_config(run_root / "bench" / "config.yaml")
+    return {"env_steps_per_s": round(float(np.median([r["env_fps"] for r in training])), 1),
+            "updates_per_s": round(float(np.median([r["updates_per_s"] for r in training])), 2),
+            "updates": updates, "status_records": len(training),
+            "critic_hidden": list(config.learner.hidden), "mode": "gems, 1 actor x 8 envs, learner on CPU"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--updates", type=int, default=30)
     parser.add_argument("--versions", type=int, default=40, help="weight versions pushed per payload")
+    parser.add_argument("--forward-updates", type=int, default=150, help="updates of the soft-q `mamql local` run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = {
@@ -266,6 +289,7 @@ def main() -> None:
             "learner_remote": bench_learner_remote(tmp, args.updates),
             "weight_push_ms": bench_weight_push(args.versions),
             "actors_2_vs_1": bench_actor_scaling(tmp, args.seconds),
+            "forward_training": bench_forward_training(tmp, args.forward_updates),
         }
     print(json.dumps(result))
 
