@@ -8,14 +8,24 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
 
-    p = sub.add_parser("actor", help="step environments and stream transitions to replay")
+    p = sub.add_parser(
+        "actor", help="step environments and stream transitions to replay",
+        description="Step actor.num_envs env copies with one batched policy, stream the transitions to the "
+                    "replay service and follow the learner's newest weights, until --max-steps or SIGTERM.",
+        epilog="examples:\n  mamql actor --replay 127.0.0.1:7100 --weights 127.0.0.1:7200 --env gems\n"
+               "  mamql actor --replay 127.0.0.1:7100 --mode expert --env kitchen --max-steps 20000\n"
+               "  mamql actor --replay replay.cluster:7100 --weights learner.cluster:7200 --actor-id 3 --num-envs 16")
     add_config_args(p)
     p.add_argument("--replay", required=True, metavar="HOST:PORT", help="replay service address")
-    p.add_argument("--weights", default="", metavar="HOST:PORT", help="weight service address (learned mode)")
-    p.add_argument("--actor-id", type=int, default=0)
-    p.add_argument("--env", default=None, help="shortcut for --set env.name=...")
-    p.add_argument("--num-envs", type=int, default=None, help="shortcut for --set actor.num_envs=...")
-    p.add_argument("--mode", choices=["learned", "expert", "random"], default=None, help="shortcut for actor.mode")
+    p.add_argument("--weights", default="", metavar="HOST:PORT",
+                   help="weight service address (learned mode; without it the actor plays uniformly random)")
+    p.add_argument("--actor-id", type=int, default=0,
+                   help="this actor's number: its name, env seeds and episode ids (distinct per actor)")
+    p.add_argument("--env", default=None,
+                   help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory")
+    p.add_argument("--num-envs", type=int, default=None, help="env copies stepped together (actor.num_envs)")
+    p.add_argument("--mode", choices=["learned", "expert", "random"], default=None,
+                   help="actor.mode: the learner's newest policy, actor.expert, or uniform random")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many transitions (0 = run until SIGTERM)")
     p.add_argument("--port-file", default=None, metavar="FILE",
                    help='write {"grpc": null, "metrics": M} here when the actor starts stepping')

@@ -22,28 +22,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
     from mamql.envs.experts import expert_arg
 
-    p = sub.add_parser("collect", help="collect expert demonstrations into a sharded dataset")
+    p = sub.add_parser(
+        "collect", help="collect expert demonstrations into a sharded dataset",
+        description="Expert actor processes feed a fifo replay table; whole episodes from it are written to a "
+                    "sharded, checksummed dataset directory (mamql dataset info|verify reads it). Give exactly "
+                    "one of --transitions and --episodes.",
+        epilog="examples:\n  mamql collect --env gems --transitions 20000 --actors 4 --out data/gems-20k\n"
+               "  mamql collect --env gems --transitions 20000 --actors 4 --out data/gems-20k --resume\n"
+               "  mamql collect --env kitchen --episodes 100 --replay 127.0.0.1:7100 --out data/kitchen-100")
     add_config_args(p)
-    p.add_argument("--env", default=None, help="shortcut for --set env.name=...")
-    p.add_argument("--expert", type=expert_arg, default=None, help="expert (actor.expert): scripted | random | checkpoint:PATH "
-                   "(a learner checkpoint of this env)")
+    p.add_argument("--env", default=None,
+                   help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory")
+    p.add_argument("--expert", type=expert_arg, default=None,
+                   help="who plays: scripted | random | checkpoint:PATH (a learner checkpoint of this env) "
+                        "(default: actor.expert, scripted)")
     p.add_argument("--temperature", type=float, default=None, metavar="ALPHA", help="a checkpoint expert samples "
                    "Boltzmann(Q/ALPHA) (actor.expert_temperature; default: the checkpoint's learner.alpha)")
     p.add_argument("--gamma", type=float, default=None, help="the discount these demos are for, recorded in the "
                    "manifest (the learner warns when its learner.gamma differs)")
     p.add_argument("--transitions", type=int, default=None,
-                   help="stop at the first episode boundary at or past this many transitions")
-    p.add_argument("--episodes", type=int, default=None, help="stop after exactly this many episodes")
-    p.add_argument("--actors", type=int, default=2, help="local expert actor processes (ignored with --replay)")
+                   help="stop at the first episode boundary at or past this many transitions in the dataset")
+    p.add_argument("--episodes", type=int, default=None, help="stop when the dataset holds exactly this many episodes")
+    p.add_argument("--actors", type=int, default=2, help="local expert actor processes (none with --replay)")
     p.add_argument("--num-envs", type=int, default=None, help="env copies per actor (actor.num_envs)")
-    p.add_argument("--out", required=True, metavar="DIR", help="dataset directory")
-    p.add_argument("--resume", action="store_true", help="continue the dataset in --out")
-    p.add_argument("--replay", default=None, metavar="HOST:PORT", help="read an existing replay service")
-    p.add_argument("--table", default=COLLECT_TABLE, help="fifo table to read (and create locally)")
-    p.add_argument("--shard-transitions", type=int, default=10_000, help="rows per shard (whole episodes)")
-    p.add_argument("--buffer", type=int, default=16_384, help="capacity of the local collect table")
-    p.add_argument("--run-name", default=None, help="run directory name under run.root")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="dataset directory (new, or the one to continue with --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the dataset in --out (stopped, or to a larger target) with fresh actor ids")
+    p.add_argument("--replay", default=None, metavar="HOST:PORT",
+                   help="read the table of a replay service fed by actors started elsewhere; start no processes")
+    p.add_argument("--table", default=COLLECT_TABLE, help="fifo table to read (and to create, locally)")
+    p.add_argument("--shard-transitions", type=int, default=10_000,
+                   help="rows per shard file (shards hold whole episodes)")
+    p.add_argument("--buffer", type=int, default=16_384, help="capacity of the local fifo table, in transitions")
+    p.add_argument("--run-name", default=None,
+                   help="run directory under run.root for config, logs, processes.json (default: a new one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=run)
 
 

@@ -16,26 +16,28 @@ from mamql.envs.experts import add_checkpoint_expert_args
 def register(sub: argparse._SubParsersAction) -> None:
     envs_parser = sub.add_parser("envs", help="list environments, play experts")
     envs_sub = envs_parser.add_subparsers(dest="envs_command", metavar="ACTION", required=True)
-    lst = envs_sub.add_parser("list", help="name, agents, observation shapes and actions of each env")
+    lst = envs_sub.add_parser("list", help="name, agents, observation shapes and actions of each env",
+                              epilog="examples:\n  mamql envs list")
     lst.set_defaults(func=_list)
     play = envs_sub.add_parser(
         "play", help="play episodes with an expert, print returns; --render / --gif to watch them",
         epilog="examples:\n  mamql envs play --env gems --expert scripted --episodes 1 --render\n"
                "  mamql envs play --env kitchen --expert checkpoint:runs/r/checkpoints/learner/latest.pt "
-               "--episodes 1 --gif kitchen.gif",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "--episodes 1 --gif kitchen.gif\n"
+               "  mamql envs play --env mpe/simple_spread --expert random --episodes 10 --quiet")
     play.add_argument("--env", default="gems", help="a name from `mamql envs list`, or package.module:ClassOrFactory")
     add_checkpoint_expert_args(play)
-    play.add_argument("--episodes", type=int, default=5, help="episodes to play (default 5)")
-    play.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i (default 0)")
-    play.add_argument("--epsilon", type=float, default=0.0, help="random-action rate mixed into the expert (default 0)")
+    play.add_argument("--episodes", type=int, default=5, help="episodes to play")
+    play.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
+    play.add_argument("--epsilon", type=float, default=0.0,
+                      help="probability of a uniformly random action instead of the expert's, per agent and step")
     watch = play.add_mutually_exclusive_group()
     watch.add_argument("--render", action="store_true",
                        help="print every frame as text: header, grid, legend (envs with render mode ansi: gems, kitchen)")
     watch.add_argument("--gif", default=None, metavar="OUT.gif",
                        help="write the episodes as an animated GIF with a legend (envs with render mode rgb_array)")
-    play.add_argument("--fps", type=float, default=4.0, help="GIF frames per second (default 4)")
-    play.add_argument("--quiet", action="store_true", help="print only the summary")
+    play.add_argument("--fps", type=float, default=4.0, help="GIF frames per second")
+    play.add_argument("--quiet", action="store_true", help="print only the summary, not one line per episode")
     play.set_defaults(func=_play)
 
 

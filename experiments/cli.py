@@ -9,26 +9,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     from mamql.experiments.suites import SUITES
     from mamql.cli import add_config_args
 
-    p = sub.add_parser("experiment", help="run a suite of MAMQL / IQL-MA / BC runs through the distributed system")
-    p.add_argument("--suite", required=True, choices=sorted(SUITES))
+    p = sub.add_parser(
+        "experiment", help="run a suite of MAMQL / IQL-MA / BC runs through the distributed system",
+        description="Every (dataset, algo, seed) run of a suite (docs/results.md), then summary.csv and plots "
+                    "in --out; rerunning the same command continues where it stopped.",
+        epilog="examples:\n  mamql experiment --suite quick\n"
+               "  mamql experiment --suite paper-gems --seeds 1 --algos mamql,iqlma\n"
+               "  mamql experiment --suite quick --out results/quick-cuda --set learner.device=cuda")
+    p.add_argument("--suite", required=True, choices=sorted(SUITES),
+                   help="which runs (docs/results.md): quick, 6 short Gems runs (~25 min on 2 CPU cores); "
+                        "paper-gems and paper-kitchen, the paper's comparisons")
     p.add_argument("--out", default=None, help="results directory (default results/<suite>)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per (dataset, algo); default: the suite's")
     p.add_argument("--algos", default=None, help="comma-separated subset, e.g. mamql,iqlma")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra config override for every run (repeatable)")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="write summary.csv only, no PNG plots")
     p.set_defaults(func=run_experiment)
 
-    ab = sub.add_parser("ablate", help="learner variants side by side on the same demos (one process each, JSON lines)")
+    ab = sub.add_parser(
+        "ablate", help="learner variants side by side on the same demos (one process each, JSON lines)",
+        description="Train each --variant (a name and its config overrides) on the same demos, score returns "
+                    "and agreement with held-out expert actions, and write one JSON line per variant.",
+        epilog="examples:\n  mamql ablate --env gems --steps 500 --variant reference "
+               "--variant 'chi2pol learner.chi2_on_policy=true'\n"
+               "  mamql ablate --env gems --demos demos.npz --steps 1000 --variant reference "
+               "--variant 'gamma95 learner.gamma=0.95' --out results/gamma")
     add_config_args(ab)  # --config and --set: the base every variant starts from
     ab.add_argument("--variant", action="append", default=[], metavar="'NAME [SECTION.KEY=VALUE ...]'",
                     help="one variant (repeatable); e.g. --variant 'reference' --variant 'chi2pol learner.chi2_on_policy=true'")
-    ab.add_argument("--env", default=None, help="env.name")
+    ab.add_argument("--env", default=None,
+                    help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory")
     ab.add_argument("--steps", type=int, default=None, help="learner.steps per variant")
-    ab.add_argument("--demos", default=None, help="expert demos (.npz or dataset dir); default: collect learner.expert_transitions")
+    ab.add_argument("--demos", default=None, metavar="PATH", help="expert demos (.npz or dataset dir); default: collect learner.expert_transitions")
     ab.add_argument("--held-out", type=int, default=3000, help="held-out expert transitions for the action-agreement figure")
     ab.add_argument("--out", default="results/ablation", help="writes OUT/ablation.jsonl and OUT/runs/<variant>/")
-    ab.add_argument("--no-progress", action="store_true")
+    ab.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     ab.set_defaults(func=run_ablate)
 
     from mamql.experiments.experts import register as register_experts
@@ -45,8 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "directories get their suite plots.",
         epilog="examples:\n  mamql plot runs/my-run\n"
                "  mamql plot runs/a runs/b --out compare.png\n"
-               "  mamql plot runs/a runs/b --expert-return 13.2 --random-return 0.3 --out plots/",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "  mamql plot runs/a runs/b --expert-return 13.2 --random-return 0.3 --out plots/")
     plot.add_argument("dirs", nargs="+", metavar="DIR", help="results/<suite> directories or run directories")
     plot.add_argument("--out", default=None, metavar="PATH",
                       help="a .png file for the one figure the run directories make, or a folder for every "
@@ -58,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     plot.add_argument("--random-return", type=float, default=None, metavar="R",
                       help="draw the random line at R instead of measuring random play")
     plot.add_argument("--random-episodes", type=int, default=32, metavar="N",
-                      help="episodes of random play measured for the random line (0: no random line; default 32)")
+                      help="episodes of random play measured for the random line (0: no random line)")
     plot.add_argument("--no-references", action="store_true", help="draw no expert and random lines")
     plot.set_defaults(func=run_plot)
 

@@ -176,14 +176,18 @@ def train_expert(args: argparse.Namespace) -> int:
 def register(experts_sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
 
-    tr = experts_sub.add_parser("train", help="train and save an env's reference soft-optimal expert (soft-q) "
-                                "from its committed config; prints one JSON line")
+    tr = experts_sub.add_parser(
+        "train", help="train and save an env's reference soft-optimal expert (soft-q) from its committed config; "
+        "prints one JSON line",
+        epilog="examples:\n  mamql experts train --env gems\n"
+               "  mamql experts train --env mpe/simple_adversary --seed 1 --out runs/experts\n"
+               "  mamql experts train --env gems --steps 5000 --eval-episodes 16 --run-name gems-expert-short")
     add_config_args(tr)  # default --config: experiments/experts/<env>.yaml
     tr.add_argument("--env", default=None, help="env.name; its config is experiments/experts/<env>.yaml "
                     "(mpe/x as mpe-x) unless --config is given")
-    tr.add_argument("--steps", type=int, default=None, help="learner.steps")
-    tr.add_argument("--seed", type=int, default=None, help="run.seed")
+    tr.add_argument("--steps", type=int, default=None, help="soft-q updates (learner.steps; default: the config's)")
+    tr.add_argument("--seed", type=int, default=None, help="run.seed: networks, envs and sampling")
     tr.add_argument("--out", default=None, help="run.root: the run directory is OUT/<run name> (default runs/)")
     tr.add_argument("--run-name", default=None, help="run.name (default expert-<env>-<time>-<random>)")
-    tr.add_argument("--eval-episodes", type=int, default=64, help="final evaluation episodes per mode")
+    tr.add_argument("--eval-episodes", type=int, default=64, help="final evaluation episodes per mode (greedy, sampled)")
     tr.set_defaults(func=train_expert)

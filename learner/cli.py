@@ -16,35 +16,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     from mamql.envs.experts import add_checkpoint_expert_args
     from mamql.config import ALGOS
 
-    train = sub.add_parser("train", help="train MAMQL / IQL-MA / BC from demos, or soft-Q from rewards, in one "
-                           "process (envs + replay + learner)")
+    train = sub.add_parser(
+        "train", help="train MAMQL / IQL-MA / BC from demos, or soft-Q from rewards, in one process "
+        "(envs + replay + learner)",
+        epilog="examples:\n  mamql train --env gems --steps 2000\n"
+               "  mamql train --env gems --demos demos.npz --algo bc --steps 2000 --run-name gems-bc\n"
+               "  mamql train --env gems --algo soft-q --steps 2000")
     add_config_args(train)
-    train.add_argument("--env", default=None, help="env name (env.name)")
-    train.add_argument("--demos", default=None, help="expert demos .npz (mamql demos collect); "
+    train.add_argument("--env", default=None,
+                       help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory")
+    train.add_argument("--demos", default=None, metavar="PATH", help="expert demos .npz (mamql demos collect); "
                        "without it --expert-transitions are collected first and saved in the run dir")
-    train.add_argument("--expert-transitions", type=int, default=None, help="learner.expert_transitions")
+    train.add_argument("--expert-transitions", type=int, default=None,
+                       help="demos to collect when --demos is absent (learner.expert_transitions)")
     train.add_argument("--algo", choices=list(ALGOS), default=None,
                        help="learner.algo (soft-q: forward soft-Q learning from the env's rewards, no demos)")
-    train.add_argument("--steps", type=int, default=None, help="learner.steps (total updates, resume included)")
+    train.add_argument("--steps", type=int, default=None, help="total learner updates, resume included (learner.steps)")
     train.add_argument("--run-name", default=None, help="run.name: writes runs/<name>/ (default: a new unique name)")
-    train.add_argument("--seed", type=int, default=None, help="run.seed")
+    train.add_argument("--seed", type=int, default=None, help="run.seed: networks, sampling and demo collection")
     train.add_argument("--gamma", type=float, default=None,
                        help="learner.gamma, the discount (warned about when the demos say they were made for another)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run --run-name from runs/<name>/checkpoints' newest")
-    train.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("evaluate", help="returns and reward recovery of a learner checkpoint (JSON)")
+    ev = sub.add_parser(
+        "evaluate", help="returns and reward recovery of a learner checkpoint (JSON)",
+        description="Mean returns per agent of a learner checkpoint, greedy and sampled, and how well its "
+                    "recovered reward matches the env's on demo rows; prints one JSON object.",
+        epilog="examples:\n  mamql evaluate --run runs/NAME\n"
+               "  mamql evaluate --checkpoint runs/NAME/checkpoints/learner/latest.pt --demos demos.npz --episodes 64\n"
+               "  mamql evaluate --run runs/NAME --expert-checkpoint runs/EXPERT/checkpoints/learner_00020000.pt")
     which = ev.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", default=None, metavar="DIR",
                        help="a run directory (mamql local or train): its newest learner checkpoint and its demos")
     which.add_argument("--checkpoint", default=None, metavar="PATH", help="a learner checkpoint (.pt)")
-    ev.add_argument("--episodes", type=int, default=32, help="episodes per mode, greedy and sampled (default 32)")
-    ev.add_argument("--demos", default=None, help="demos for reward recovery (default: the run's own: the file "
+    ev.add_argument("--episodes", type=int, default=32, help="episodes per mode, greedy and sampled")
+    ev.add_argument("--demos", default=None, metavar="PATH", help="demos for reward recovery (default: the run's own: the file "
                     "`mamql local --demos` was given, or demos.npz in the run directory)")
-    ev.add_argument("--recovery-rows", type=int, default=4096, help="demo rows scored for reward recovery (default 4096)")
-    ev.add_argument("--seed", type=int, default=None, help="eval env seed")
+    ev.add_argument("--recovery-rows", type=int, default=4096, help="demo rows scored for reward recovery")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="seed of the eval episodes (default: a fixed one no training env uses)")
     ev.add_argument("--expert-checkpoint", default=None, metavar="PATH", help="the checkpoint of the expert that "
                     "played the demos: its own implied reward Q_E - gamma V_E(s') is scored on the same rows "
                     "(expert_reward_recovery), the yardstick for the learned one")
@@ -52,16 +65,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     demos = sub.add_parser("demos", help="expert demonstrations")
     demos_sub = demos.add_subparsers(dest="demos_command", metavar="ACTION", required=True)
-    col = demos_sub.add_parser("collect", help="collect expert transitions into one .npz")
+    col = demos_sub.add_parser(
+        "collect", help="collect expert transitions into one .npz",
+        epilog="examples:\n  mamql demos collect --env gems --transitions 20000 --out demos.npz\n"
+               "  mamql demos collect --env kitchen --expert checkpoint:runs/NAME/checkpoints/learner/latest.pt "
+               "--temperature 0.1 --out kitchen-demos.npz\n"
+               "  mamql demos collect --env gems --expert random --transitions 5000 --out random.npz")
     add_config_args(col)  # env.name and env.kwargs (e.g. max_episode_steps) come from the config too
     col.add_argument("--env", default=None,
-                     help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory (default gems)")
+                     help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory (default: gems)")
     add_checkpoint_expert_args(col)
-    col.add_argument("--transitions", type=int, default=20_000)
-    col.add_argument("--out", required=True)
-    col.add_argument("--seed", type=int, default=0)
-    col.add_argument("--epsilon", type=float, default=0.0)
-    col.add_argument("--num-envs", type=int, default=16)
+    col.add_argument("--transitions", type=int, default=20_000,
+                     help="rows written: whole episodes are played until there are this many, then cut to it")
+    col.add_argument("--out", required=True, metavar="PATH", help="the .npz file to write (docs/datasets.md)")
+    col.add_argument("--seed", type=int, default=0, help="seed of the envs and the expert")
+    col.add_argument("--epsilon", type=float, default=0.0,
+                     help="probability of a uniformly random action instead of the expert's, per agent and step")
+    col.add_argument("--num-envs", type=int, default=16, help="env copies stepped together")
     col.set_defaults(func=_collect)
 
 

@@ -157,8 +157,81 @@ def make_run_dir(config, prefix: str, resume: bool = False):
     raise InputError(f"could not create a new run directory under {root}")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help; descriptions and epilogs keep their line breaks.
+
+    A default that says nothing is left out: None (the config's value applies, which the help names),
+    False (a flag), "" and [] (nothing given), and a help text that already names its default. In a
+    description or epilog a line of prose is wrapped to the terminal, an indented line (an example
+    command) is kept whole so that it can be copied.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        lines = []
+        for line in text.splitlines():
+            if not line or line[0].isspace():
+                lines.append(indent + line)
+            else:
+                lines += textwrap.wrap(line, width, initial_indent=indent, subsequent_indent=indent,
+                                       break_long_words=False, break_on_hyphens=False)
+        return "\n".join(lines)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS:
+            return text
+        if isinstance(default, (str, list, tuple)) and not default:
+            return text
+        if "default" in text.lower() or isinstance(action, argparse._VersionAction):
+            return text
+        return super()._get_help_string(action)
+
+
+def package_version() -> str:
+    """The installed distribution's version; mamql.__version__ when run from a tree not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mamql")
+    except PackageNotFoundError:
+        return getattr(mamql, "__version__", "unknown")
+
+
+def subparsers_of(parser: argparse.ArgumentParser):
+    """(name, help, subparser) for each subcommand of `parser`, one level down."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield name, helps.get(name), sub
+
+
+def finish_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)parser the HelpFormatter, and a subcommand without a description its one-line
+    help as one, so command modules only write help texts and epilogs."""
+    parser.formatter_class = HelpFormatter
+    for _name, text, sub in subparsers_of(parser):
+        if sub.description is None and text:
+            sub.description = text[:1].upper() + text[1:] + "."
+        finish_parsers(sub)
+
+
+EPILOG = """\
+examples:
+  mamql local --env gems --steps 300
+  mamql evaluate --run runs/NAME
+  mamql plot runs/NAME
+
+`mamql COMMAND --help` prints a command's options, their defaults and examples"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mamql", description=mamql.__doc__)
+    parser = argparse.ArgumentParser(prog="mamql", description=mamql.__doc__, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"mamql {package_version()}",
+                        help="print the mamql version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -167,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
             print(f"mamql: commands from {name} unavailable: {exc}", file=sys.stderr)
             continue
         module.register(sub)
+    finish_parsers(parser)
     return parser
 
 

@@ -8,12 +8,18 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
 
-    version = sub.add_parser("version", help="print the mamql version")
+    version = sub.add_parser("version", help="print the mamql version (the same as mamql --version)",
+                             epilog="examples:\n  mamql version")
     version.set_defaults(func=_version)
 
     config = sub.add_parser("config", help="inspect configuration")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    show = config_sub.add_parser("show", help="print the resolved config as YAML")
+    show = config_sub.add_parser(
+        "show", help="print the resolved config as YAML",
+        description="The config a command would run with: the defaults, then --config FILE, then each --set.",
+        epilog="examples:\n  mamql config show\n"
+               "  mamql config show --config experiments/experts/gems.yaml --set learner.steps=500\n"
+               "  mamql config show --explain")
     add_config_args(show)
     show.add_argument("--explain", action="store_true",
                       help="every field with its value, type and meaning (the text of docs/config.md)")
@@ -21,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _version(args: argparse.Namespace) -> int:
-    import mamql
+    from mamql.cli import package_version
 
-    print(f"mamql {mamql.__version__}")
+    print(f"mamql {package_version()}")
     return 0
 
 

@@ -41,17 +41,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
     from mamql.envs.experts import expert_arg
 
-    p = sub.add_parser("local", help="run replay, learner and actors as local processes (the main job)")
+    p = sub.add_parser(
+        "local", help="run replay, learner and actors as local processes (the main job)",
+        description="The whole system on this machine: collect expert demos (unless --demos), start replay, "
+                    "learner and actors as separate processes on 127.0.0.1, print a status line until the "
+                    "learner has done its updates, then the commands to evaluate, plot and continue the run.",
+        epilog="examples:\n  mamql local --env gems --steps 300\n"
+               "  mamql local --env kitchen --actors 2 --steps 1000 --run-name kitchen-1\n"
+               "  mamql local --resume runs/NAME --steps 600")
     add_config_args(p)
-    p.add_argument("--env", default=None, help="shortcut for --set env.name=...")
+    p.add_argument("--env", default=None,
+                   help="env.name: a name from `mamql envs list`, or package.module:ClassOrFactory")
     p.add_argument("--actors", type=int, default=None,
                    help=f"actor processes (default {DEFAULT_ACTORS}, or the resumed run's)")
     p.add_argument("--num-envs", type=int, default=None, help="env copies per actor (actor.num_envs)")
-    p.add_argument("--steps", type=int, default=None, help="learner updates (learner.steps)")
+    p.add_argument("--steps", type=int, default=None, help="learner updates, resume included (learner.steps)")
     p.add_argument("--algo", default=None, choices=list(ALGOS),
                    help="learner.algo (soft-q: forward soft-Q learning from the env's rewards, no demos)")
     p.add_argument("--gamma", type=float, default=None, help="the discount (learner.gamma)")
-    p.add_argument("--demos", default=None, metavar="PATH", help="expert demos; default: collect them first")
+    p.add_argument("--demos", default=None, metavar="PATH",
+                   help="expert demos, a .npz or a dataset directory (default: collect --expert-transitions first)")
     p.add_argument("--expert-transitions", type=int, default=20_000, help="demos to collect when --demos is absent")
     p.add_argument("--expert", type=expert_arg, default="scripted",
                    help="who plays the demos collected when --demos is absent (scripted: envs that have one; "

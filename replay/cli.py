@@ -8,12 +8,18 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from mamql.cli import add_config_args
 
-    p = sub.add_parser("replay", help="serve replay tables over gRPC")
+    p = sub.add_parser(
+        "replay", help="serve replay tables over gRPC",
+        description="Serve the replay tables of the config (replay.tables) over gRPC until SIGTERM/SIGINT, "
+                    "then write a final checkpoint and exit 0.",
+        epilog="examples:\n  mamql replay\n"
+               "  mamql replay --set replay.port=0 --port-file replay-ports.json\n"
+               "  mamql replay --restore runs/NAME/checkpoints/replay --grace 10")
     add_config_args(p)
-    p.add_argument("--restore", default=None, metavar="DIR", help="load a replay checkpoint before serving")
+    p.add_argument("--restore", default=None, metavar="DIR", help="load a replay checkpoint directory before serving")
     p.add_argument("--port-file", default=None, metavar="FILE",
                    help='write {"grpc": N, "metrics": M} here once bound (use with port 0)')
-    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get on shutdown")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get to finish on shutdown")
     p.set_defaults(func=run)
 
 

@@ -11,18 +11,25 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dataset", help="inspect (info), check (verify) or import a demo dataset")
     cmds = p.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
-    info = cmds.add_parser("info", help="counts, returns and specs from the manifest")
-    info.add_argument("path")
+    info = cmds.add_parser("info", help="counts, returns and specs from the manifest",
+                           epilog="examples:\n  mamql dataset info data/gems-20k\n"
+                                  "  mamql dataset info data/gems-20k --json")
+    info.add_argument("path", metavar="DIR", help="a dataset directory (mamql collect, mamql dataset import)")
     info.add_argument("--json", action="store_true", help="print the manifest without the shard list as JSON")
     info.set_defaults(func=run_info)
-    verify = cmds.add_parser("verify", help="checksums, schema and episode integrity of every shard")
-    verify.add_argument("path")
+    verify = cmds.add_parser("verify", help="checksums, schema and episode integrity of every shard",
+                             description="Read every shard and check its checksum, schema and episodes; exit "
+                                         "status 0 when all are sound.",
+                             epilog="examples:\n  mamql dataset verify data/gems-20k")
+    verify.add_argument("path", metavar="DIR", help="a dataset directory (mamql collect, mamql dataset import)")
     verify.set_defaults(func=run_verify)
     imp = cmds.add_parser("import", help="validate a plain .npz of your own demos and write mamql demos "
-                          "(per agent obs/, action/, next_obs/, optional reward/; done, truncated: docs/datasets.md)")
-    imp.add_argument("input", metavar="IN.npz")
+                          "(per agent obs/, action/, next_obs/, optional reward/; done, truncated: docs/datasets.md)",
+                          epilog="examples:\n  mamql dataset import my-demos.npz --env gems --out gems-demos.npz\n"
+                                 "  mamql dataset import my-demos.npz --env kitchen --out data/kitchen-mine --gamma 0.99")
+    imp.add_argument("input", metavar="IN.npz", help="your demos: arrays named as in docs/datasets.md")
     imp.add_argument("--env", required=True, help="the env the demos were played in (checked against its spaces)")
-    imp.add_argument("--out", required=True, help="a new .npz file (demos) or a new dataset directory")
+    imp.add_argument("--out", required=True, metavar="PATH", help="a new .npz file (demos) or a new dataset directory")
     imp.add_argument("--gamma", type=float, default=None, help="the discount the demos were made for (recorded; "
                      "the learner warns when its learner.gamma differs)")
     imp.set_defaults(func=run_import)
