@@ -6,6 +6,9 @@ with torn weights or goes back to an older version of the same learner. A versio
 learner epoch (a learner restarted without its checkpoint, whose versions begin again at 1) is
 handed over at once. When the weight service goes away the thread reconnects with exponential
 backoff and jitter, resuming after the newest (epoch, version) it holds.
+
+Chunks are parsed by mamql.wire into views of the received messages: a parameter that arrives in
+one slice is handed over as a read-only view (copy it, as the actor does when loading weights).
 """
 
 from __future__ import annotations
@@ -19,8 +22,20 @@ import grpc
 
 from mamql.codec import CodecError
 from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS
+from mamql import wire
 from mamql.weights import WeightAssembler, WeightSet
-from mamql.protos import rpc, weights_pb2, weights_pb2_grpc
+from mamql.protos import rpc, weights_pb2
+
+SUBSCRIBE = "/mamql.v1.WeightService/Subscribe"
+
+
+def chunk_or_error(data: bytes) -> wire.WireChunk | CodecError:
+    """The Subscribe response deserializer: a malformed chunk comes back as its error (gRPC would
+    turn a raising deserializer into INTERNAL)."""
+    try:
+        return wire.parse_chunk(data)
+    except CodecError as exc:
+        return exc
 
 log = logging.getLogger("mamql.actor.weights")
 
@@ -37,6 +52,7 @@ class WeightSubscriber:
         backoff_max_s: float = 5.0,
     ):
         self.address, self.name = address, name
+        wire.tune_allocator()  # received chunk buffers stay in the heap between versions
         self.security = security or rpc.Security()
         self.max_message_mb = max_message_mb
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
@@ -88,13 +104,17 @@ class WeightSubscriber:
         while not self._stop.is_set():
             try:
                 with rpc.make_channel(self.address, self.security, self.max_message_mb) as channel:
-                    stub = weights_pb2_grpc.WeightServiceStub(channel)
+                    subscribe = channel.unary_stream(
+                        SUBSCRIBE, request_serializer=weights_pb2.SubscribeRequest.SerializeToString,
+                        response_deserializer=chunk_or_error)
                     request = weights_pb2.SubscribeRequest(after_version=self._received_version,
                                                            epoch=self._received_epoch, subscriber=self.name)
-                    self._call = stub.Subscribe(request, metadata=self.security.call_metadata())
+                    self._call = subscribe(request, metadata=self.security.call_metadata())
                     self._connected.set()
                     assembler = WeightAssembler()
                     for chunk in self._call:
+                        if isinstance(chunk, CodecError):
+                            raise chunk
                         delay = self.backoff_initial_s
                         done = assembler.add(chunk)
                         if done is not None:

@@ -189,18 +189,24 @@ class FastUpdater:
             dst.copy_(src)
             return
         if not isinstance(src, Tensor):
+            # replay hands out read-only views of its messages: numpy copies them once, straight
+            # into the pinned slot (or the CPU buffer), with no writable copy first
             src = np.ascontiguousarray(src)
-            host = torch.from_numpy(src if src.flags.writeable else src.copy())  # replay hands out read-only views
-        else:
-            host = src
-        if not self.cuda:
-            dst.copy_(host)
-            return
+            if not self.cuda and dst.device.type == "cpu" and dst.dtype != torch.bfloat16:
+                np.copyto(dst.numpy(), src, casting="unsafe")
+                return
+            if not self.cuda or src.dtype.hasobject:
+                dst.copy_(torch.from_numpy(src if src.flags.writeable else src.copy()))
+                return
         key = (name, self._slot)
+        dtype = src.dtype if isinstance(src, Tensor) else torch.from_numpy(np.empty(0, src.dtype)).dtype
         pin = self._pinned.get(key)
-        if pin is None or pin.shape != host.shape or pin.dtype != host.dtype:
-            pin = self._pinned[key] = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
-        pin.copy_(host)
+        if pin is None or pin.shape != src.shape or pin.dtype != dtype:
+            pin = self._pinned[key] = torch.empty(tuple(src.shape), dtype=dtype, pin_memory=True)
+        if isinstance(src, Tensor):
+            pin.copy_(src)
+        else:
+            np.copyto(pin.numpy(), src)
         dst.copy_(pin, non_blocking=True)
 
     def _load_batch(self, expert: Mapping, online: Mapping) -> None:

@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,10 @@ from mamql.metrics import Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricsSer
 from mamql.phases import LEARNER_DOC, LEARNER_PHASES, PhaseClock
 from mamql.weights import new_epoch
 from mamql.protos import rpc
+
+# Sampled online batches are read-only views of the replay's messages, read by the plain updater as
+# tensors without a copy; torch warns (once) that such tensors must not be written, and none is.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 log = logging.getLogger("mamql.learner")
 
@@ -286,8 +291,9 @@ class LearnerService:
                     continue
                 arrived = time.perf_counter()
                 self.metrics.sample_wait.observe(arrived - waited)
-                # decoded arrays are read-only views of the message; torch wants writable memory
-                online = {k: np.require(v, requirements="W") for k, v in sample.batch.items()}
+                # read-only views of the received message (mamql.wire), handed on as they are: the
+                # updater copies each once, straight into its pinned/device buffers (learner/fast.py)
+                online = sample.batch
                 writable = time.perf_counter()
                 self.observe_lag(online)
                 started = time.perf_counter()

@@ -7,6 +7,11 @@ version: when the learner publishes faster than a slow actor reads, intermediate
 skipped, never reordered. Versions are ordered within a learner epoch (mamql/weights.py); a
 version of another epoch replaces the latest whatever its number, and subscribers holding the old
 epoch get it at once. Imports no torch: weights arrive here as numpy arrays.
+
+Chunks travel in mamql.wire's codec: a version is written to bytes once (each parameter's bytes
+copied once, into its chunk), streamed to subscribers while the rest is being written, and the same
+bytes objects go to every subscriber; a chunk published over gRPC is parsed into views of its
+message and stored as the bytes it came in.
 """
 
 from __future__ import annotations
@@ -18,34 +23,46 @@ from typing import Iterator, Mapping
 import grpc
 import numpy as np
 
+from mamql import wire
 from mamql.codec import CodecError
 from mamql.metrics import Counter, Gauge, Histogram
-from mamql.weights import WeightAssembler, split_weights
-from mamql.protos import weights_pb2, weights_pb2_grpc
+from mamql.weights import WeightAssembler, WeightEncoder
+from mamql.protos import weights_pb2
 
 log = logging.getLogger("mamql.weights")
 
 SERVICE_NAME = "mamql.v1.WeightService"
 
 
+class _Version:
+    """One published version: its chunk bytes (appended while it is being encoded) and whether
+    they are all there."""
+
+    __slots__ = ("epoch", "version", "chunks", "complete")
+
+    def __init__(self, epoch: int, version: int, chunks: list[bytes], complete: bool):
+        self.epoch, self.version, self.chunks, self.complete = epoch, version, chunks, complete
+
+
 class WeightStore:
-    """The latest version's chunks and a condition subscribers wait on."""
+    """The latest version's chunks and a condition subscribers wait on. A version is encoded once,
+    whatever the number of subscribers, and streamed while it is encoded: subscribers receive its
+    first chunks while the publisher writes the rest (they apply a version only once it is whole)."""
 
     def __init__(self, max_chunk_bytes: int = 4 << 20):
+        wire.tune_allocator()  # chunk buffers stay in the heap between versions
         self.max_chunk_bytes = max_chunk_bytes
         self._cond = threading.Condition()
-        self._epoch = 0
-        self._version = 0
-        self._chunks: list[bytes] = []  # serialized once per version, whatever the number of subscribers
+        self._latest = _Version(0, 0, [], True)
         self._closed = False
 
     @property
     def version(self) -> int:
-        return self._version
+        return self._latest.version
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        return self._latest.epoch
 
     def publish(
         self,
@@ -56,36 +73,79 @@ class WeightStore:
         epoch: int | None = None,
         alpha: float = 0.0,
     ) -> int:
-        """Publish one version (epoch None = the current one) at temperature `alpha`."""
+        """Publish one version (epoch None = the current one) at temperature `alpha`; returns when
+        every chunk is encoded."""
         with self._cond:
-            epoch = self._epoch if epoch is None else epoch
+            epoch = self.epoch if epoch is None else epoch
             if version is None:
-                version = self._version + 1 if epoch == self._epoch else 1
-        chunks = split_weights(tensors, version, self.max_chunk_bytes, dtypes, metadata, epoch=epoch, alpha=alpha)
-        self.publish_chunks(chunks)
+                version = self.version + 1 if epoch == self.epoch else 1
+        encoder = WeightEncoder(tensors, version, self.max_chunk_bytes, dtypes, metadata, epoch=epoch, alpha=alpha)
+        current = _Version(epoch, version, [], False)
+        previous = self._begin(current)
+        try:
+            for i in range(len(encoder)):
+                data = encoder.chunk(i)
+                with self._cond:
+                    current.chunks.append(data)
+                    self._cond.notify_all()
+        except BaseException:
+            with self._cond:  # never leave a torn version as the latest
+                if self._latest is current:
+                    self._latest = previous
+                current.complete = True
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            current.complete = True
+            self._cond.notify_all()
         return version
 
-    def publish_chunks(self, chunks: list[weights_pb2.WeightChunk]) -> None:
-        epoch, version = chunks[0].epoch, chunks[0].version
-        serialized = [chunk.SerializeToString() for chunk in chunks]
-        with self._cond:
-            if epoch == self._epoch and version <= self._version:
-                raise ValueError(f"version {version} is not newer than the latest {self._version} of epoch {epoch}")
-            if epoch != self._epoch and self._version:
-                log.warning("weights of epoch %d replace epoch %d (a new learner)", epoch, self._epoch)
-            self._epoch, self._version, self._chunks = epoch, version, serialized
-            self._cond.notify_all()
+    def publish_chunks(self, chunks: list) -> None:
+        """Publish a version given as its chunks: generated WeightChunk messages or mamql.wire
+        WireChunks (those keep the bytes they arrived in)."""
+        serialized = [chunk.raw if isinstance(chunk, wire.WireChunk) else chunk.SerializeToString() for chunk in chunks]
+        self._begin(_Version(chunks[0].epoch, chunks[0].version, serialized, True))
 
-    def wait_newer(self, after: int, timeout: float, epoch: int | None = None) -> tuple[int, int, list[bytes]] | None:
-        """(epoch, version, chunks) of the latest version if it supersedes `after` of `epoch` (None =
-        the current epoch): any version of another epoch, a newer one of the same. Waits at most
-        `timeout` seconds."""
+    def _begin(self, new: _Version) -> _Version:
+        """Make `new` the latest (it must supersede it); returns the one it replaces."""
+        with self._cond:
+            latest = self._latest
+            if new.epoch == latest.epoch and new.version <= latest.version:
+                raise ValueError(f"version {new.version} is not newer than the latest {latest.version} "
+                                 f"of epoch {new.epoch}")
+            if new.epoch != latest.epoch and latest.version:
+                log.warning("weights of epoch %d replace epoch %d (a new learner)", new.epoch, latest.epoch)
+            self._latest = new
+            self._cond.notify_all()
+            return latest
+
+    def wait_newer(self, after: int, timeout: float, epoch: int | None = None) -> tuple[int, int, Iterator[bytes]] | None:
+        """(epoch, version, its chunks) of the latest version if it supersedes `after` of `epoch`
+        (None = the current epoch): any version of another epoch, a newer one of the same. Waits at
+        most `timeout` seconds. The chunks iterator yields them as they are encoded."""
         def ready() -> bool:
-            return self._version > 0 and ((epoch is not None and self._epoch != epoch) or self._version > after)
+            v = self._latest
+            return v.version > 0 and ((epoch is not None and v.epoch != epoch) or v.version > after)
 
         with self._cond:
             self._cond.wait_for(lambda: ready() or self._closed, timeout=timeout)
-            return (self._epoch, self._version, self._chunks) if ready() else None
+            if not ready():
+                return None
+            v = self._latest
+            return v.epoch, v.version, self._chunks(v)
+
+    def _chunks(self, v: _Version) -> Iterator[bytes]:
+        i = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: i < len(v.chunks) or v.complete or self._closed, timeout=5.0)
+                if i >= len(v.chunks):
+                    if v.complete or self._closed:
+                        return
+                    continue
+                data = v.chunks[i]
+            i += 1
+            yield data
 
     def close(self) -> None:
         with self._cond:
@@ -93,7 +153,7 @@ class WeightStore:
             self._cond.notify_all()
 
 
-class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
+class WeightServicer:
     def __init__(self, store: WeightStore, registry=None, max_bytes: int = 1 << 31):
         self.store = store
         self.max_bytes = max_bytes
@@ -151,13 +211,13 @@ class WeightServicer(weights_pb2_grpc.WeightServiceServicer):
 
 
 def serve_weights(store: WeightStore, server: grpc.Server, registry=None, max_bytes: int = 1 << 31) -> WeightServicer:
-    """Register the service. Subscribe and GetLatest stream the store's pre-serialized chunks (an
-    identity serializer), so N subscribers cost one serialization per version, not N."""
+    """Register the service. Subscribe and GetLatest stream the store's chunk bytes as they are (an
+    identity serializer), so N subscribers cost one encoding per version, not N."""
     servicer = WeightServicer(store, registry, max_bytes)
     handlers = {
         "Publish": grpc.stream_unary_rpc_method_handler(
             servicer.Publish,
-            request_deserializer=weights_pb2.WeightChunk.FromString,
+            request_deserializer=wire.parse_chunk,  # a malformed chunk: INVALID_ARGUMENT (rpc.MalformedRequestInterceptor)
             response_serializer=weights_pb2.PublishResponse.SerializeToString,
         ),
         "Subscribe": grpc.unary_stream_rpc_method_handler(

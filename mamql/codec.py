@@ -4,6 +4,10 @@ Network input is untrusted: every decode checks the dtype against an allow-list,
 for sign and the byte length against prod(shape) * itemsize before touching the data, so a hostile
 or corrupted message raises CodecError (services map it to INVALID_ARGUMENT) instead of allocating
 or misreading memory.
+
+These functions work on the generated protobuf classes (tests, tools, the benchmark's protobuf
+baseline). The services' hot messages (Insert, Sample, weight chunks) go through mamql.wire instead:
+the same wire format and the same checks, without the generated classes' copies.
 """
 
 from __future__ import annotations

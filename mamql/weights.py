@@ -19,6 +19,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from mamql import wire
 from mamql.codec import ITEMSIZE, CodecError, decode_tensor, encode_tensor
 from mamql.protos import weights_pb2
 
@@ -48,6 +49,37 @@ def new_epoch() -> int:
     return secrets.randbits(63) or 1
 
 
+def _plan(tensors: Mapping[str, np.ndarray], max_chunk_bytes: int,
+          dtypes: Mapping[str, str] | None) -> list[list[tuple[str, tuple, int, np.ndarray, str]]]:
+    """The chunks of a version: each a list of (name, full shape, offset, 1-D data, dtype name),
+    at most ~max_chunk_bytes of data per chunk (a parameter spans chunks when it must)."""
+    chunks: list[list] = [[]]
+    room = max_chunk_bytes
+    for name, array in tensors.items():
+        array = np.asarray(array)
+        flat = np.ascontiguousarray(array).reshape(-1)
+        dtype = (dtypes or {}).get(name, flat.dtype.name)
+        per_item = ITEMSIZE.get(dtype)
+        if per_item is None:
+            raise CodecError(f"parameter {name!r}: dtype {dtype!r} is not supported")
+        if flat.dtype.byteorder == ">":
+            flat = flat.astype(flat.dtype.newbyteorder("<"))
+        offset = 0
+        while offset < flat.size or (flat.size == 0 and offset == 0):
+            take = min(flat.size - offset, max(room // per_item, 1))
+            chunks[-1].append((name, tuple(array.shape), offset, flat[offset : offset + take], dtype))
+            offset += take
+            room -= take * per_item
+            if room <= 0:
+                chunks.append([])
+                room = max_chunk_bytes
+            if flat.size == 0:
+                break
+    if not chunks[-1] and len(chunks) > 1:
+        chunks.pop()
+    return chunks
+
+
 def split_weights(
     tensors: Mapping[str, np.ndarray],
     version: int,
@@ -58,39 +90,64 @@ def split_weights(
     epoch: int = 0,
     alpha: float = 0.0,
 ) -> list[weights_pb2.WeightChunk]:
-    """Chunks of at most ~max_chunk_bytes payload each; the last one has `last=True`."""
+    """Chunks of at most ~max_chunk_bytes payload each, as generated messages; the last one has
+    `last=True`. encode_weights gives the same chunks as bytes, without the generated classes' copies."""
     if version < 1:
         raise ValueError("weight versions start at 1")
     _check_alpha(alpha)
     published = time.time() if published_unix_s is None else published_unix_s
-    chunks: list[weights_pb2.WeightChunk] = []
-    current = weights_pb2.WeightChunk(version=version, epoch=epoch, alpha=alpha, published_unix_s=published,
-                                      metadata=dict(metadata or {}))
-    room = max_chunk_bytes
-    for name, array in tensors.items():
-        flat = np.ascontiguousarray(array).reshape(-1)
-        dtype = (dtypes or {}).get(name, flat.dtype.name)
-        per_item = ITEMSIZE.get(dtype)
-        if per_item is None:
-            raise CodecError(f"parameter {name!r}: dtype {dtype!r} is not supported")
-        offset = 0
-        while offset < flat.size or (flat.size == 0 and offset == 0):
-            take = min(flat.size - offset, max(room // per_item, 1))
-            piece = weights_pb2.TensorSlice(name=name, shape=list(array.shape), offset=offset)
-            piece.data.CopyFrom(encode_tensor(flat[offset : offset + take], dtype))
-            current.slices.append(piece)
-            offset += take
-            room -= take * per_item
-            if room <= 0:
-                chunks.append(current)
-                current = weights_pb2.WeightChunk(version=version, epoch=epoch, published_unix_s=published)
-                room = max_chunk_bytes
-            if flat.size == 0:
-                break
-    if current.slices or not chunks:
-        chunks.append(current)
-    chunks[-1].last = True
-    return chunks
+    out = []
+    plan = _plan(tensors, max_chunk_bytes, dtypes)
+    for i, pieces in enumerate(plan):
+        chunk = weights_pb2.WeightChunk(version=version, epoch=epoch, published_unix_s=published, last=i == len(plan) - 1)
+        if i == 0:
+            chunk.alpha = alpha
+            chunk.metadata.update(dict(metadata or {}))
+        for name, shape, offset, data, dtype in pieces:
+            piece = chunk.slices.add(name=name, shape=list(shape), offset=offset)
+            piece.data.CopyFrom(encode_tensor(data, dtype))
+        out.append(chunk)
+    return out
+
+
+class WeightEncoder:
+    """A version laid out into chunks (checked at once: a bad dtype raises here), encoded one chunk
+    at a time by `chunk(i)` (bytes written by mamql.wire: each parameter's bytes copied once), so a
+    publisher can send the first chunks while it encodes the rest."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], version: int, max_chunk_bytes: int = 4 << 20,
+                 dtypes: Mapping[str, str] | None = None, metadata: Mapping[str, str] | None = None,
+                 published_unix_s: float | None = None, epoch: int = 0, alpha: float = 0.0):
+        if version < 1:
+            raise ValueError("weight versions start at 1")
+        _check_alpha(alpha)
+        self.version, self.epoch, self.alpha, self.metadata = version, epoch, alpha, dict(metadata or {})
+        self.published = time.time() if published_unix_s is None else published_unix_s
+        self.plan = _plan(tensors, max_chunk_bytes, dtypes)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def chunk(self, i: int) -> bytes:
+        first = i == 0
+        return wire.encode_chunk(self.version, self.plan[i], last=i == len(self.plan) - 1,
+                                 published_unix_s=self.published, metadata=self.metadata if first else None,
+                                 epoch=self.epoch, alpha=self.alpha if first else 0.0)
+
+
+def encode_weights(
+    tensors: Mapping[str, np.ndarray],
+    version: int,
+    max_chunk_bytes: int = 4 << 20,
+    dtypes: Mapping[str, str] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    published_unix_s: float | None = None,
+    epoch: int = 0,
+    alpha: float = 0.0,
+) -> list[bytes]:
+    """split_weights' chunks as WeightChunk message bytes written by mamql.wire."""
+    encoder = WeightEncoder(tensors, version, max_chunk_bytes, dtypes, metadata, published_unix_s, epoch, alpha)
+    return [encoder.chunk(i) for i in range(len(encoder))]
 
 
 class WeightAssembler:
@@ -111,7 +168,10 @@ class WeightAssembler:
         self._published = 0.0
         self._bytes = 0
 
-    def add(self, chunk: weights_pb2.WeightChunk) -> WeightSet | None:
+    def add(self, chunk: weights_pb2.WeightChunk | wire.WireChunk) -> WeightSet | None:
+        """Take the next chunk (a generated message or mamql.wire's parse of one); returns the version
+        when this chunk completes it. A parameter that arrives whole in one slice is kept as the
+        read-only view of its message (no copy); one split over slices is assembled into a buffer."""
         if self._version is None:
             if chunk.epoch >= 1 << 63:
                 raise CodecError(f"epoch {chunk.epoch} does not fit the int64 policy_epoch column")
@@ -139,21 +199,30 @@ class WeightAssembler:
             raise CodecError(f"version {result.version} ended with incomplete parameters: {missing}")
         return result
 
-    def _add_slice(self, piece: weights_pb2.TensorSlice) -> None:
-        data = decode_tensor(piece.data, self.max_bytes)
+    def _add_slice(self, piece) -> None:
+        if isinstance(piece.data, wire.WireTensor):
+            data = piece.data.array(self.max_bytes)
+        else:
+            data = decode_tensor(piece.data, self.max_bytes)
         if data.ndim != 1:
             raise CodecError(f"parameter {piece.name!r}: slice data must be 1-D")
         shape = tuple(int(d) for d in piece.shape)
         if any(d < 0 for d in shape):
             raise CodecError(f"parameter {piece.name!r}: negative dimension in {shape}")
+        if len(shape) > wire.MAX_DIMS:
+            raise CodecError(f"parameter {piece.name!r}: too many dimensions ({len(shape)} > {wire.MAX_DIMS})")
         buf = self._buffers.get(piece.name)
         if buf is None:
             size = math.prod(shape)
             self._bytes += size * data.itemsize
             if self._bytes > self.max_bytes:
                 raise CodecError(f"weights exceed the {self.max_bytes}-byte limit")
-            buf = self._buffers[piece.name] = np.empty(size, dtype=data.dtype)
             self._dtypes[piece.name] = piece.data.dtype
+            if piece.offset == 0 and data.size == size:  # the whole parameter: keep the view
+                self._buffers[piece.name] = data.reshape(shape)
+                self._filled[piece.name] = size
+                return
+            buf = self._buffers[piece.name] = np.empty(size, dtype=data.dtype)
             self._filled[piece.name] = 0
         elif buf.dtype != data.dtype or self._dtypes[piece.name] != piece.data.dtype:
             raise CodecError(f"parameter {piece.name!r}: slices disagree on dtype")
@@ -164,7 +233,8 @@ class WeightAssembler:
         end = piece.offset + data.size
         if end > buf.size:
             raise CodecError(f"parameter {piece.name!r}: slice overruns its shape {shape}")
-        buf[piece.offset : end] = data
+        if data.size:
+            buf.reshape(-1)[piece.offset : end] = data
         self._filled[piece.name] = end
         if end == buf.size:
             self._buffers[piece.name] = buf.reshape(shape)

@@ -44,8 +44,9 @@ class LocalReplay:
         """Fill a (typically read-only) table, e.g. with expert demonstrations; no rate limiting."""
         return self._counted(lambda: self.table(table).load(batch))
 
-    def sample(self, table: str, batch_size: int, timeout: float | None = None) -> Sample:
-        return self._counted(lambda: self.table(table).sample(batch_size, timeout))
+    def sample(self, table: str, batch_size: int, timeout: float | None = None, into=None) -> Sample:
+        """`into`: see Table.sample (the server gathers straight into its response message)."""
+        return self._counted(lambda: self.table(table).sample(batch_size, timeout, into))
 
     def info(self) -> dict[str, TableInfo]:
         return {name: t.info() for name, t in self.tables.items()}

@@ -11,24 +11,28 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import numpy as np
 
-from mamql.codec import CodecError, decode_batch, encode_batch, encode_tensor
+from mamql.codec import CodecError
 from mamql.config import Config
 from mamql.metrics import MetricsServer, new_registry
-from mamql.protos import replay_pb2, replay_pb2_grpc
+from mamql.protos import replay_pb2
 from mamql.protos.rpc import Security, bind, make_server, set_serving
 from mamql.replay import checkpoint
 from mamql.replay.errors import DeadlineExceeded, InvalidArgument, ReplayError, ResourceExhausted, Unavailable
 from mamql.replay.local import LocalReplay
 from mamql.replay.metrics import thread_blocked_seconds
+from mamql.wire import ACK_EVERY_METADATA, BatchTemplate, InsertView, Layout, parse_insert, tune_allocator
 
 log = logging.getLogger("mamql.replay")
 SERVICE_NAME = "mamql.v1.ReplayService"
 WAIT_SLICE_S = 0.5  # a waiting Insert/Sample re-checks that its client is still there this often
+MAX_ACK_EVERY = 4096
 
 
 def _status(context, exc: ReplayError):
@@ -36,13 +40,36 @@ def _status(context, exc: ReplayError):
     context.abort(getattr(grpc.StatusCode, exc.code, grpc.StatusCode.UNKNOWN), message)
 
 
-class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
-    def __init__(self, replay: LocalReplay, max_bytes: int, checkpoint_dir: str):
+class _Ack(NamedTuple):
+    sequence: int
+    inserted: int
+    table: object
+
+    def message(self) -> replay_pb2.InsertAck:
+        return replay_pb2.InsertAck(sequence=self.sequence, inserted=self.inserted, table_size=self.table.size)
+
+
+def _ack_every(context) -> int:
+    for key, value in context.invocation_metadata() or ():
+        if key == ACK_EVERY_METADATA:
+            try:
+                return min(max(int(value), 1), MAX_ACK_EVERY)
+            except ValueError:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{ACK_EVERY_METADATA} must be an integer, got {value!r}")
+    return 1
+
+
+class ReplayServicer:
+    def __init__(self, replay: LocalReplay, max_bytes: int, checkpoint_dir: str, prefetch_workers: int = 128):
         self.replay = replay
         self.max_bytes = max_bytes
         self.checkpoint_dir = checkpoint_dir
         self.stopping = threading.Event()
         self._ckpt_lock = threading.Lock()
+        self._layouts: dict[str, Layout] = {}
+        self._templates: dict[tuple[str, int], BatchTemplate] = {}
+        # one worker per concurrent RPC at most, so that no stream's prefetch waits for another's
+        self._prefetch = ThreadPoolExecutor(prefetch_workers, thread_name_prefix="replay-sample")
 
     def _clients(self, delta: int) -> None:
         if self.replay.metrics is not None:
@@ -102,60 +129,135 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             raise ResourceExhausted(f"a batch of {n} rows is {n * row} bytes, over the {self.max_bytes}-byte "
                                     "message limit")
 
-    def _decode(self, msg) -> dict:
+    def _layout(self, table) -> Layout | None:
+        """The table's precomputed wire layout (None until the first insert fixes its schema)."""
+        storage = table.storage
+        if storage is None:
+            return None
+        layout = self._layouts.get(table.name)
+        if layout is None or layout.schema is not storage.schema:  # restore() may swap the storage
+            layout = self._layouts[table.name] = Layout(storage.schema)
+        return layout
+
+    def _parse(self, data: bytes) -> InsertView:
         try:
-            return decode_batch(msg, self.max_bytes)
+            return parse_insert(data)
+        except CodecError as exc:
+            self.replay.reject("invalid_argument")
+            raise InvalidArgument(f"undecodable insert request: {exc}") from None
+
+    def _decode(self, request: InsertView, table) -> dict:
+        try:
+            return request.batch.decode(self.max_bytes, self._layout(table))
         except CodecError as exc:
             self.replay.reject("invalid_argument")
             raise InvalidArgument(f"undecodable batch: {exc}") from None
 
     def Insert(self, request_iterator, context):
+        """Requests arrive as bytes and are parsed here (mamql.wire): views of the message, checked
+        once against the table's layout, copied once into the ring. Acks: one per request, or with
+        `ack-every: k` metadata one per k requests (cumulative: it acknowledges every earlier request
+        of the stream too) plus one at once for each request without a batch; acks still pending
+        are sent before any error status, so a client always knows exactly what was stored."""
         self._clients(1)
         try:
-            for req in request_iterator:
-                if self.stopping.is_set():
-                    _status(context, Unavailable("replay server is shutting down"))
+            ack_every = _ack_every(context)
+            pending = inserted = 0
+            last = None
+            for data in request_iterator:
                 try:
-                    table = self.replay.table(req.table)  # NOT_FOUND before decoding
-                    decoding = time.perf_counter()
-                    batch = self._decode(req.batch)
-                    self._spent("insert", time.perf_counter() - decoding)
+                    if self.stopping.is_set():
+                        raise Unavailable("replay server is shutting down")
+                    started = time.perf_counter()
+                    req = self._parse(data)
+                    table = self.replay.table(req.table)  # NOT_FOUND before the batch is decoded
+                    if req.batch is None and ack_every > 1:  # an ack request: nothing to store
+                        yield replay_pb2.InsertAck(sequence=req.sequence, inserted=inserted, table_size=table.size)
+                        pending = inserted = 0
+                        continue
+                    if req.batch is None:
+                        self.replay.reject("invalid_argument")
+                        raise InvalidArgument("undecodable batch: the request has no batch")
+                    batch = self._decode(req, table)
+                    self._spent("insert", time.perf_counter() - started)
                     n = self._waiting(context, lambda t: self.replay.insert(table.name, batch, t),
                                       self._timeout(req.timeout_seconds, context), "insert")
                 except ReplayError as exc:
                     if exc.code == "NOT_FOUND":
                         self.replay.reject("not_found")
+                    if pending:
+                        yield last.message()
                     _status(context, exc)
-                yield replay_pb2.InsertAck(sequence=req.sequence, inserted=n, table_size=table.size)
+                pending += 1
+                inserted += n
+                last = _Ack(req.sequence, inserted, table)
+                if pending >= ack_every:
+                    yield last.message()
+                    pending = inserted = 0
+            if pending:
+                yield last.message()
         finally:
             self._clients(-1)
 
     def Sample(self, request, context):
+        """Each response is laid out before the gather and the rows are gathered straight into it
+        (mamql.wire.BatchTemplate): one copy from the ring to the socket's buffer. While one
+        response is being sent, the next is gathered on another thread (prefetch one), so gRPC's
+        send and the table's gather overlap; a single-batch request gathers inline."""
         self._clients(1)
         try:
+            want = request.num_batches
+            produce = lambda: self._gather(request, context)  # noqa: E731
+            try:
+                data = produce()
+            except ReplayError as exc:
+                self._refused(context, exc)
             sent = 0
-            while request.num_batches == 0 or sent < request.num_batches:
-                if self.stopping.is_set() or not context.is_active():
+            while True:
+                sent += 1
+                more = (want == 0 or sent < want) and not self.stopping.is_set() and context.is_active()
+                try:
+                    upcoming = self._prefetch.submit(produce) if more else None
+                except RuntimeError:  # the pool is shut down: the server is stopping
+                    upcoming = None
+                yield data
+                if upcoming is None:
                     return
                 try:
-                    if request.batch_size == 0:
-                        raise InvalidArgument("batch_size must be positive")
-                    self._check_sample_size(request.table, request.batch_size)
-                    sample = self._waiting(
-                        context, lambda t: self.replay.sample(request.table, request.batch_size, t),
-                        self._timeout(request.timeout_seconds, context), "sample",
-                    )
+                    data = upcoming.result()
                 except ReplayError as exc:
-                    if exc.code == "NOT_FOUND":
-                        self.replay.reject("not_found")
-                    _status(context, exc)
-                encoding = time.perf_counter()
-                response = replay_pb2.SampleResponse(batch=encode_batch(sample.batch), keys=encode_tensor(sample.keys))
-                self._spent("sample", time.perf_counter() - encoding)
-                yield response
-                sent += 1
+                    self._refused(context, exc)
+                if self.stopping.is_set() or not context.is_active():
+                    return
         finally:
             self._clients(-1)
+
+    def _refused(self, context, exc: ReplayError) -> None:
+        if exc.code == "NOT_FOUND":
+            self.replay.reject("not_found")
+        _status(context, exc)
+
+    def _gather(self, request, context) -> bytes:
+        """One SampleResponse's bytes."""
+        if request.batch_size == 0:
+            raise InvalidArgument("batch_size must be positive")
+        self._check_sample_size(request.table, request.batch_size)
+        message: list[bytes] = []
+        keys_view: list[np.ndarray] = []
+
+        def into(schema, n):
+            template = self._templates.get((request.table, n))
+            if template is None or template.schema is not schema:
+                template = self._templates[(request.table, n)] = BatchTemplate(schema, n)
+            data, views, keys = template.allocate()
+            message.append(data)
+            keys_view.append(keys)
+            return views
+
+        sample = self._waiting(context, lambda t: self.replay.sample(request.table, request.batch_size, t, into),
+                               self._timeout(request.timeout_seconds, context), "sample")
+        keys_view[0][...] = sample.keys
+        return message[0]
 
     def Info(self, request, context):
         try:
@@ -190,6 +292,26 @@ class ReplayServicer(replay_pb2_grpc.ReplayServiceServicer):
             return n
 
 
+def service_handler(servicer: ReplayServicer) -> grpc.GenericRpcHandler:
+    """The ReplayService with its hot messages in mamql.wire's codec: Insert takes raw bytes (parsed
+    in the handler, so a malformed batch is an INVALID_ARGUMENT with its reason) and Sample returns
+    the bytes it laid out; Info and Checkpoint use the generated classes."""
+    handlers = {
+        "Insert": grpc.stream_stream_rpc_method_handler(
+            servicer.Insert, request_deserializer=None,
+            response_serializer=replay_pb2.InsertAck.SerializeToString),
+        "Sample": grpc.unary_stream_rpc_method_handler(
+            servicer.Sample, request_deserializer=replay_pb2.SampleRequest.FromString, response_serializer=None),
+        "Info": grpc.unary_unary_rpc_method_handler(
+            servicer.Info, request_deserializer=replay_pb2.InfoRequest.FromString,
+            response_serializer=replay_pb2.InfoResponse.SerializeToString),
+        "Checkpoint": grpc.unary_unary_rpc_method_handler(
+            servicer.Checkpoint, request_deserializer=replay_pb2.CheckpointRequest.FromString,
+            response_serializer=replay_pb2.CheckpointResponse.SerializeToString),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
 def checkpoint_path_allowed(path: str, checkpoint_dir: str) -> bool:
     """A client may name where a checkpoint goes, but only below the server's working directory or
     its configured checkpoint root: the RPC must not become a write-anywhere primitive."""
@@ -207,6 +329,7 @@ class ReplayServer:
 
     def __init__(self, config: Config, registry=None, restore: str | None = None, max_workers: int | None = None):
         self.config = config
+        tune_allocator()  # message buffers stay in the heap (mamql.wire.tune_allocator)
         self.registry = registry if registry is not None else new_registry()
         self.replay = LocalReplay(config.replay, registry=self.registry)
         if restore:
@@ -214,12 +337,14 @@ class ReplayServer:
             log.info("restored %s from %s", {n: t.size for n, t in self.replay.tables.items()}, restore)
         self.security = Security.from_config(config.auth)
         self.security.check_bind(config.replay.host, config.auth.insecure_no_auth)
-        self.servicer = ReplayServicer(self.replay, config.replay.max_message_mb << 20, default_checkpoint_dir(config))
+        workers = max_workers or config.replay.max_workers
+        self.servicer = ReplayServicer(self.replay, config.replay.max_message_mb << 20, default_checkpoint_dir(config),
+                                       prefetch_workers=4 * workers)  # make_server admits 4 RPCs per worker
         self.server, self.health = make_server(
-            self.security, config.replay.max_message_mb, max_workers=max_workers or config.replay.max_workers,
+            self.security, config.replay.max_message_mb, max_workers=workers,
             on_reject=lambda method: self.replay.reject("unauthenticated"),
         )
-        replay_pb2_grpc.add_ReplayServiceServicer_to_server(self.servicer, self.server)
+        self.server.add_generic_rpc_handlers((service_handler(self.servicer),))
         self.port = 0
         self.metrics_server: MetricsServer | None = None
         self._stopped = threading.Event()
@@ -261,6 +386,7 @@ class ReplayServer:
             log.warning("in-flight RPCs still running after %.1fs grace", grace)
         self.replay.close()
         done.wait(5.0)
+        self.servicer._prefetch.shutdown(wait=False, cancel_futures=True)
         path = None
         if self.config.replay.checkpoint_on_exit if final_checkpoint is None else final_checkpoint:
             path = self.servicer.checkpoint_dir

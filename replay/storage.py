@@ -47,10 +47,15 @@ class RingStorage:
         self.next_key += n
         self.size = min(self.size + n, self.capacity)
 
-    def gather(self, keys: np.ndarray) -> dict[str, np.ndarray]:
-        """Copies of the rows at `keys` (which must be held)."""
+    def gather(self, keys: np.ndarray, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Copies of the rows at `keys` (which must be held), written into `out` when given (one
+        [len(keys), *shape] array per field: the server passes views into its response message)."""
         pos = (keys % self.capacity).astype(np.int64)
-        return {name: arr[pos] for name, arr in self.arrays.items()}
+        if out is None:
+            return {name: arr[pos] for name, arr in self.arrays.items()}
+        for name, arr in self.arrays.items():
+            np.take(arr, pos, axis=0, out=out[name], mode="clip")  # positions are in range; "raise" would buffer
+        return out
 
     def ordered(self) -> dict[str, np.ndarray]:
         """Copies of every held row, oldest first (for checkpoints)."""

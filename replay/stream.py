@@ -1,6 +1,8 @@
 """SampleStream: an iterator over a server-streaming Sample, prefetched by a thread, reconnecting.
 
 The prefetch queue is bounded (`prefetch` batches); gRPC flow control then slows the server down.
+Batches are read-only numpy views of the received message (mamql.wire), decoded on this thread:
+copy them (e.g. straight into pinned memory) rather than writing to them.
 Retryable failures (server restart, rate-limiter deadline) reconnect with backoff; a permanent one
 (NOT_FOUND, INVALID_ARGUMENT, UNAUTHENTICATED) is raised from `next()`.
 """
@@ -14,7 +16,7 @@ import threading
 import grpc
 
 from mamql.protos import replay_pb2
-from mamql.replay.client import RETRYABLE, Backoff, decode_sample, from_rpc_error
+from mamql.replay.client import RETRYABLE, Backoff, from_rpc_error
 from mamql.replay.errors import DeadlineExceeded, ReplayError
 from mamql.replay.interface import Sample
 
@@ -64,10 +66,12 @@ class SampleStream:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._call = self.client.stub.Sample(self.request, metadata=self.client.metadata)
-                for resp in self._call:
+                self._call = self.client.sample_call(self.request, metadata=self.client.metadata)
+                for resp in self._call:  # a Sample, or the ReplayError of an undecodable response
+                    if isinstance(resp, ReplayError):
+                        raise resp
                     self.backoff.reset()
-                    if not self._put(decode_sample(resp)):
+                    if not self._put(resp):
                         return
                 error: ReplayError | None = None  # server ended the stream (shutdown): reconnect
             except grpc.RpcError as err:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -135,7 +135,10 @@ class Table:
             self.metrics.insert_latency.labels(self.name).observe(time.monotonic() - start)
         return n
 
-    def sample(self, n: int, timeout: float | None = None) -> Sample:
+    def sample(self, n: int, timeout: float | None = None,
+               into: Callable[[Schema, int], dict[str, np.ndarray]] | None = None) -> Sample:
+        """n rows picked by the sampler. `into(schema, n)`, when given, returns the arrays to gather
+        into (called under the lock, once the schema is known); the batch is then those arrays."""
         start = time.monotonic()
         n = int(n)
         if n <= 0:
@@ -153,7 +156,7 @@ class Table:
             self._wait(ready, timeout, "sample", start)
             s = self.storage
             keys = self.sampler.take(s.oldest_key, s.next_key, n)
-            batch = s.gather(keys)
+            batch = s.gather(keys, None if into is None else into(s.schema, n))
             self.limiter.sampled += n
             self._cond.notify_all()
         if self.metrics is not None:

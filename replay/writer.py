@@ -8,6 +8,15 @@ rare duplicate transition is harmless, a lost one is not observable anyway. A ba
 refuses for good (INVALID_ARGUMENT, NOT_FOUND, ...) is dropped, counted in `failed_batches` and kept
 in `errors`; the stream is reopened for the rest. Memory is bounded: queued + unacked batches never
 exceed `max_queue_batches`, and `put` blocks (up to its timeout) when full.
+
+Each `put` is one message (the actor's `send_batch_size` sets the transitions per message), encoded
+at once by mamql.wire: the batch's bytes are copied once, into the request. `ack_every=k` asks the
+server for one cumulative ack per k messages instead of one each (fewer small messages on the
+return path; the semantics above are unchanged: an ack covers every earlier message of its stream,
+and acks still pending are sent before any error). When the writer has nothing left to send but
+unacked messages (and someone waits for them, or ACK_LINGER_S passed), it sends an ack request (an
+InsertRequest without a batch) so that no ack is held back; `k` is in effect capped by
+`max_queue_batches`, since a full queue asks for its acks.
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ from typing import Mapping
 import grpc
 import numpy as np
 
-from mamql.replay.client import RETRYABLE, Backoff, encode_request, from_rpc_error
+from mamql.replay.client import RETRYABLE, Backoff, from_rpc_error, insert_encoder
 from mamql.replay.errors import DeadlineExceeded, ReplayError, Unavailable
+from mamql.wire import ACK_EVERY_METADATA, ack_request
 
 log = logging.getLogger("mamql.replay.writer")
+ACK_LINGER_S = 0.05  # with ack_every > 1, an idle writer asks for its pending acks after this long
 
 
 class WriterFull(DeadlineExceeded):
@@ -33,10 +44,14 @@ class WriterFull(DeadlineExceeded):
 
 class ReplayWriter:
     def __init__(self, client, table: str, max_queue_batches: int = 64, insert_timeout: float | None = None,
-                 registry=None, backoff: Backoff | None = None):
+                 registry=None, backoff: Backoff | None = None, ack_every: int = 1):
         self.client = client
         self.table = table
         self.max_queue_batches = max(1, int(max_queue_batches))
+        self.ack_every = max(1, int(ack_every))
+        self._waiters = 0  # threads waiting for acks (flush, a put on a full queue)
+        self._ack_asked = 0  # sequence of the last ack request sent on the current stream
+        self._last_send = 0.0
         self.insert_timeout = insert_timeout
         self.backoff = backoff or Backoff()
         self._cond = threading.Condition()
@@ -60,20 +75,29 @@ class ReplayWriter:
     def put(self, batch: Mapping[str, np.ndarray], timeout: float | None = None) -> int:
         """Queue a batch; returns its sequence number. Raises WriterFull after `timeout` seconds
         (None = wait indefinitely, 0 = never wait) and InvalidArgument if it cannot be encoded."""
-        request = encode_request(self.table, batch, 0, self.insert_timeout)  # encode outside the lock
-        n = len(next(iter(batch.values())))
+        encoder = insert_encoder(self.table, batch, self.insert_timeout)  # checked and laid out outside the lock
+        n = encoder.rows
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             if self._closing:
                 raise Unavailable("writer is closed")
-            while self.depth >= self.max_queue_batches:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise WriterFull(f"send queue full ({self.depth} batches) for {timeout}s")
-                self._cond.wait(remaining)
+            if self.depth >= self.max_queue_batches:
+                self._waiters += 1
+                self._cond.notify_all()  # the sender may ask for acks
+                try:
+                    while self.depth >= self.max_queue_batches:
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            raise WriterFull(f"send queue full ({self.depth} batches) for {timeout}s")
+                        self._cond.wait(remaining)
+                        if self._closing:
+                            raise Unavailable("writer is closed")
+                finally:
+                    self._waiters -= 1
             seq = self._next_seq
             self._next_seq += 1
-            request.sequence = seq
+            # the one copy of the batch, into the request (under the lock, which it would hold the GIL anyway)
+            request = encoder.encode(seq)
             self._pending.append((seq, n, request))
             self._cond.notify_all()
             self._gauge()
@@ -88,12 +112,17 @@ class ReplayWriter:
         """Wait until every queued batch is acknowledged (or dropped as refused)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self.depth:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining if remaining is not None else 0.5)
-            return True
+            self._waiters += 1
+            self._cond.notify_all()
+            try:
+                while self.depth:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining if remaining is not None else 0.5)
+                return True
+            finally:
+                self._waiters -= 1
 
     def close(self, timeout: float | None = 30.0) -> bool:
         """Flush, end the stream and stop the thread; True when everything was acknowledged."""
@@ -114,7 +143,8 @@ class ReplayWriter:
 
     # ------------------------------------------------------------------ background thread
     def _requests(self, generation: int, resend: collections.deque):
-        """The request iterator of one stream generation; ends when the writer closes."""
+        """The request iterator of one stream generation (bytes); ends when the writer closes."""
+        self._ack_asked = 0
         while True:
             with self._cond:
                 while True:
@@ -122,15 +152,30 @@ class ReplayWriter:
                         return
                     if resend:
                         req = resend.popleft()
+                        self._last_send = time.monotonic()
                         break
                     if self._pending:
                         seq, n, req = self._pending.popleft()
                         self._unacked[seq] = (n, req)
+                        self._last_send = time.monotonic()
                         break
                     if self._closing and not self._unacked:
                         return
-                    self._cond.wait(0.2)
+                    linger = self._ack_due()
+                    if linger <= 0:
+                        self._ack_asked = next(reversed(self._unacked))
+                        req = ack_request(self.table, self._ack_asked)
+                        break
+                    self._cond.wait(linger)
             yield req
+
+    def _ack_due(self) -> float:
+        """Seconds until the sender should ask for the pending acks (<= 0: now); lock held."""
+        if self.ack_every == 1 or not self._unacked or next(reversed(self._unacked)) == self._ack_asked:
+            return 0.2
+        if self._waiters or self._closing:
+            return 0.0
+        return self._last_send + ACK_LINGER_S - time.monotonic()
 
     def _run(self) -> None:
         while True:
@@ -140,9 +185,11 @@ class ReplayWriter:
                 self._generation += 1
                 generation = self._generation
                 resend = collections.deque(req for _, req in self._unacked.values())
+            metadata = tuple(self.client.metadata)
+            if self.ack_every > 1:
+                metadata += ((ACK_EVERY_METADATA, str(self.ack_every)),)
             try:
-                self._call = self.client.stub.Insert(self._requests(generation, resend),
-                                                     metadata=self.client.metadata)
+                self._call = self.client.insert_call(self._requests(generation, resend), metadata=metadata)
                 for ack in self._call:
                     self._on_ack(ack)
                     self.backoff.reset()
@@ -161,15 +208,22 @@ class ReplayWriter:
                 self._reconnect(exc)
 
     def _on_ack(self, ack) -> None:
+        """An ack covers its request and, in send order, every earlier one still unacked."""
+        total = 0
         with self._cond:
-            n, _ = self._unacked.pop(ack.sequence, (0, None))
+            if ack.sequence in self._unacked:
+                while True:
+                    seq, (n, _) = self._unacked.popitem(last=False)
+                    total += n
+                    self.acked_batches += 1
+                    if seq == ack.sequence:
+                        break
             self.acked_seq = max(self.acked_seq, ack.sequence)
-            self.acked_transitions += n
-            self.acked_batches += 1
+            self.acked_transitions += total
             self._cond.notify_all()
             self._gauge()
-        if self._metrics:
-            self._metrics.acked.inc(n)
+        if self._metrics and total:
+            self._metrics.acked.inc(total)
 
     def _drop_oldest(self, exc: ReplayError) -> None:
         """Acks come in order, so the refused batch is the oldest unacked one."""
