@@ -514,7 +514,8 @@ def validate(config: Config) -> Config:
     need(learner.algo != "soft-q" or learner.augment == "none",
          f"learner.augment={learner.augment} transforms demonstrations; learner.algo=soft-q has none")
     need(not learner.guide or learner.algo == "soft-q",
-         f"learner.guide explores for forward soft-Q training; learner.algo={learner.algo} learns from demonstrations")
+         f"learner.guide explores for forward soft-Q training (learner.algo=soft-q); "
+         f"learner.algo={learner.algo} learns from demonstrations")
     need(0.0 <= learner.guide_probability <= 1.0,
          f"learner.guide_probability must be in [0, 1], got {learner.guide_probability}")
     need(not learner.guide or learner.guide_updates > 0,
