@@ -33,16 +33,24 @@ class CodecError(ValueError):
     """A tensor or batch message that cannot be decoded safely."""
 
 
-def encode_tensor(array: np.ndarray, dtype_name: str | None = None) -> tensor_pb2.Tensor:
-    """Encode a numpy array; `dtype_name="bfloat16"` marks a uint16 array holding bf16 words."""
+def tensor_to_encode(array: np.ndarray, dtype_name: str | None = None,
+                     error: type[CodecError] = CodecError) -> tuple[str, np.ndarray]:
+    """(wire dtype name, little-endian array) for encoding `array`, or `error`: the checks both
+    encoders (this module's and mamql.wire's) make before writing a tensor."""
     array = np.asarray(array)
     name = dtype_name or array.dtype.name
     if name not in ITEMSIZE:
-        raise CodecError(f"dtype {name!r} is not supported; allowed: {', '.join(ITEMSIZE)}")
+        raise error(f"dtype {name!r} is not supported; allowed: {', '.join(ITEMSIZE)}")
     if name == "bfloat16" and array.dtype != np.uint16:
-        raise CodecError("bfloat16 tensors must be given as their uint16 bit patterns")
+        raise error("bfloat16 tensors must be given as their uint16 bit patterns")
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
+    return name, array
+
+
+def encode_tensor(array: np.ndarray, dtype_name: str | None = None) -> tensor_pb2.Tensor:
+    """Encode a numpy array; `dtype_name="bfloat16"` marks a uint16 array holding bf16 words."""
+    name, array = tensor_to_encode(array, dtype_name)
     return tensor_pb2.Tensor(dtype=name, shape=list(array.shape), data=np.ascontiguousarray(array).tobytes())
 
 

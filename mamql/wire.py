@@ -33,7 +33,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from mamql.batch import METADATA_FIELDS, PER_AGENT_FIELDS, SHARED_FIELDS, Batch, BatchError, batch_size
-from mamql.codec import DEFAULT_MAX_BYTES, ITEMSIZE, CodecError
+from mamql.codec import DEFAULT_MAX_BYTES, ITEMSIZE, CodecError, tensor_to_encode
 
 VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 MASK64 = (1 << 64) - 1
@@ -320,14 +320,7 @@ def encode_batch(batch: Mapping[str, np.ndarray]) -> bytes:
 
 def encode_tensor(array: np.ndarray, dtype_name: str | None = None) -> bytes:
     """A Tensor message's bytes; `dtype_name="bfloat16"` marks uint16 words holding bf16 values."""
-    arr = np.asarray(array)
-    name = dtype_name or arr.dtype.name
-    if name not in ITEMSIZE:
-        raise WireError(f"dtype {name!r} is not supported; allowed: {', '.join(ITEMSIZE)}")
-    if name == "bfloat16" and arr.dtype != np.uint16:
-        raise WireError("bfloat16 tensors must be given as their uint16 bit patterns")
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    name, arr = tensor_to_encode(array, dtype_name, WireError)
     arr = np.ascontiguousarray(arr)
     return _join(_layout([_Tensor(0, name, arr.shape, arr.nbytes, 0)]), {0: arr})
 
