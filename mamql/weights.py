@@ -92,17 +92,15 @@ def split_weights(
 ) -> list[weights_pb2.WeightChunk]:
     """Chunks of at most ~max_chunk_bytes payload each, as generated messages; the last one has
     `last=True`. encode_weights gives the same chunks as bytes, without the generated classes' copies."""
-    if version < 1:
-        raise ValueError("weight versions start at 1")
-    _check_alpha(alpha)
-    published = time.time() if published_unix_s is None else published_unix_s
+    layout = WeightEncoder(tensors, version, max_chunk_bytes, dtypes, metadata, published_unix_s, epoch, alpha)
     out = []
-    plan = _plan(tensors, max_chunk_bytes, dtypes)
+    plan = layout.plan
     for i, pieces in enumerate(plan):
-        chunk = weights_pb2.WeightChunk(version=version, epoch=epoch, published_unix_s=published, last=i == len(plan) - 1)
+        chunk = weights_pb2.WeightChunk(version=version, epoch=epoch, published_unix_s=layout.published,
+                                        last=i == len(plan) - 1)
         if i == 0:
             chunk.alpha = alpha
-            chunk.metadata.update(dict(metadata or {}))
+            chunk.metadata.update(layout.metadata)
         for name, shape, offset, data, dtype in pieces:
             piece = chunk.slices.add(name=name, shape=list(shape), offset=offset)
             piece.data.CopyFrom(encode_tensor(data, dtype))
@@ -163,6 +161,7 @@ class WeightAssembler:
         self._alpha = 0.0
         self._buffers: dict[str, np.ndarray] = {}
         self._dtypes: dict[str, str] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}  # as the parameter's first slice declared it
         self._filled: dict[str, int] = {}
         self._metadata: dict[str, str] = {}
         self._published = 0.0
@@ -218,6 +217,7 @@ class WeightAssembler:
             if self._bytes > self.max_bytes:
                 raise CodecError(f"weights exceed the {self.max_bytes}-byte limit")
             self._dtypes[piece.name] = piece.data.dtype
+            self._shapes[piece.name] = shape
             if piece.offset == 0 and data.size == size:  # the whole parameter: keep the view
                 self._buffers[piece.name] = data.reshape(shape)
                 self._filled[piece.name] = size
@@ -226,6 +226,9 @@ class WeightAssembler:
             self._filled[piece.name] = 0
         elif buf.dtype != data.dtype or self._dtypes[piece.name] != piece.data.dtype:
             raise CodecError(f"parameter {piece.name!r}: slices disagree on dtype")
+        elif shape != self._shapes[piece.name]:
+            raise CodecError(f"parameter {piece.name!r}: slices disagree on shape "
+                             f"({shape} after {self._shapes[piece.name]})")
         if piece.offset != self._filled[piece.name]:
             raise CodecError(
                 f"parameter {piece.name!r}: slice at {piece.offset}, expected {self._filled[piece.name]} (in order)"

@@ -70,3 +70,13 @@ def test_mixed_versions_and_bad_slices_are_rejected():
 def test_versions_start_at_one():
     with pytest.raises(ValueError):
         split_weights(params(), 0)
+
+
+def test_slices_of_one_parameter_that_disagree_on_shape_are_refused():
+    """Found by the wire fuzz test: a second slice declaring another shape (here (0, 4) after (3, 4))
+    raised numpy's ValueError on the final reshape instead of a CodecError."""
+    chunk = weights_pb2.WeightChunk(version=1, last=True)
+    chunk.slices.add(name="w", shape=[3, 4], offset=0).data.CopyFrom(encode_tensor(np.zeros(6, np.float32)))
+    chunk.slices.add(name="w", shape=[0, 4], offset=6).data.CopyFrom(encode_tensor(np.zeros(6, np.float32)))
+    with pytest.raises(CodecError, match="slices disagree on shape"):
+        WeightAssembler().add(chunk)
