@@ -27,6 +27,18 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 SCHEMA = {name: [dtype, list(shape)] for name, (dtype, shape) in schema_of(small_batch(1)).items()}
 
 
+def _parses_as_protobuf(data: bytes) -> bool:
+    from google.protobuf.message import DecodeError
+
+    from mamql.protos import replay_pb2
+
+    try:
+        replay_pb2.InsertRequest.FromString(data)
+    except DecodeError:
+        return False
+    return True
+
+
 @st.composite
 def mutations(draw, data: bytes) -> tuple[str, bytes]:
     """A malformed variant of `data` and the kind of damage."""
@@ -150,7 +162,9 @@ def test_live_replay_answers_malformed_inserts_cleanly(replay, case):
     except grpc.RpcError as err:
         code = err.code().name
     assert code in CLEAN, (kind, code)
-    if kind == "truncate" and data:
+    if kind == "truncate" and data and not _parses_as_protobuf(data):
+        # a prefix ending on a field boundary is a whole, shorter message (e.g. without its table
+        # name: NOT_FOUND); every prefix that protobuf itself refuses must be INVALID_ARGUMENT
         assert code == "INVALID_ARGUMENT", (data, code)
     with ReplayClient(server.address) as client:  # still serving
         assert client.insert("fuzz", small_batch(2), timeout=5) == 2
