@@ -151,12 +151,12 @@ class Actor:
     def _build_learned(self, seed: int):
         import torch
 
-        from mamql.learner.networks import build_critics, build_joint_critics
+        from mamql.learner.networks import build_algo_critics
         from mamql.learner.policy import BoltzmannPolicy
 
         torch.set_num_threads(max(1, self.config.actor.torch_threads))
-        build = build_joint_critics if self.config.learner.algo == "iqlma" else build_critics
-        critics = build(self.spec, self.config.learner.hidden or None, self.config.learner.network)
+        critics = build_algo_critics(self.spec, self.config.learner.algo, self.config.learner.hidden or None,
+                                     self.config.learner.network)
         # alpha until the first weights arrive with the learner's own (WeightSet.alpha)
         return BoltzmannPolicy(
             critics, alpha=self.config.learner.alpha, mode="sample", epsilon=self.config.actor.epsilon, seed=seed

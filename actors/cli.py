@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def open_writer(client, config, registry=None):
+    """The actor's replay writer as its config says: table, queue bound, one ack per k messages."""
+    return client.writer(config.actor.table, max_queue_batches=config.actor.send_queue_batches, registry=registry,
+                         ack_every=config.actor.send_ack_every)
+
+
 def run(args: argparse.Namespace) -> int:
     import signal
 
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = MetricsServer(registry, config.metrics.host, config.metrics.port) if config.metrics.enabled else None
     security = Security.from_config(config.auth)
     client = ReplayClient(args.replay, security, config.replay.max_message_mb)
-    writer = client.writer(config.actor.table, max_queue_batches=config.actor.send_queue_batches, registry=registry)
+    writer = open_writer(client, config, registry)
     subscriber = None
     if config.actor.mode == "learned" and args.weights:
         subscriber = WeightSubscriber(args.weights, name, security, config.weights.max_message_mb, registry).start()

@@ -195,6 +195,28 @@ class GemsEnv(ParallelEnv):
             {a: {} for a in agents},
         )
 
+    def get_state(self) -> dict:
+        """A snapshot to hand back to set_state: the GemsState, the respawn rng's state and the live
+        agents. Restoring it and stepping with the same actions reproduces the same transition
+        (respawn cells included), which is what a simulator-based reward comparison
+        (learner.reward_compare) needs to draw successor states of any visited state."""
+        if self.state is None:
+            raise RuntimeError("get_state before reset: there is no state yet")
+        s = self.state
+        return {"state": replace(s, agent_pos=s.agent_pos.copy(), gem_pos=s.gem_pos.copy(), gem_color=s.gem_color.copy()),
+                "rng": self._rng.bit_generator.state, "agents": tuple(self.agents)}
+
+    def set_state(self, snapshot: dict) -> None:
+        """Restore a get_state snapshot (of an env with the same size and gem counts)."""
+        s = snapshot["state"]
+        if s.gem_color.shape != self.gem_colors.shape:
+            raise ValueError(f"snapshot has {len(s.gem_color)} gems, this env {len(self.gem_colors)}")
+        self.state = replace(s, agent_pos=s.agent_pos.copy(), gem_pos=s.gem_pos.copy(), gem_color=s.gem_color.copy())
+        if self._rng.bit_generator.state["bit_generator"] != snapshot["rng"]["bit_generator"]:
+            self._rng = np.random.default_rng()
+        self._rng.bit_generator.state = snapshot["rng"]
+        self.agents = list(snapshot["agents"])
+
     def _free_cell(self, agent_pos: np.ndarray, gem_pos: np.ndarray) -> np.ndarray:
         taken = np.zeros(self.size * self.size, dtype=bool)
         taken[agent_pos[:, 0] * self.size + agent_pos[:, 1]] = True

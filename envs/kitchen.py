@@ -143,6 +143,19 @@ class KitchenEnv(ParallelEnv):
             {a: {"served": s.served} for a in agents},
         )
 
+    def get_state(self) -> dict:
+        """A snapshot to hand back to set_state (a copy: step mutates the live state in place).
+        The dynamics are deterministic, so restoring it and stepping with the same actions
+        reproduces the same transition; learner.reward_compare draws successor states this way."""
+        if self.state is None:
+            raise RuntimeError("get_state before reset: there is no state yet")
+        return {"state": _copy_state(self.state), "agents": tuple(self.agents)}
+
+    def set_state(self, snapshot: dict) -> None:
+        """Restore a get_state snapshot."""
+        self.state = _copy_state(snapshot["state"])
+        self.agents = list(snapshot["agents"])
+
     def _interact(self, i: int) -> float:
         s = self.state
         r, c = s.pos[i] + DIRS[s.facing[i]]
@@ -202,6 +215,11 @@ class KitchenEnv(ParallelEnv):
 
     def close(self) -> None:
         pass
+
+
+def _copy_state(s: KitchenState) -> KitchenState:
+    return KitchenState(pos=s.pos.copy(), facing=s.facing.copy(), held=s.held.copy(), pot_onions=s.pot_onions,
+                        pot_timer=s.pot_timer, t=s.t, served=s.served)
 
 
 def kitchen_rgb(s: KitchenState, layout: Layout, cook_time: int, cell: int = 32) -> np.ndarray:

@@ -36,7 +36,8 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def expert_agreement(updater: Any, held_out: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Per agent: fraction of held-out expert rows where argmax of the critic is the expert's action
-    (IQL-MA critics are read through their marginal over the agent's own action)."""
+    (iqlma-joint critics are read through their marginal over the agent's own action, iqlma critics
+    as they act: without the others' actions)."""
     import torch
 
     from mamql.learner.losses import marginalize_joint_q
@@ -46,7 +47,7 @@ def expert_agreement(updater: Any, held_out: Mapping[str, np.ndarray]) -> dict[s
         critic = updater.critics[agent]
         with torch.no_grad():
             q = critic(torch.as_tensor(held_out[f"obs/{agent}"]).to(updater.device))
-            if updater.algo == "iqlma":
+            if updater.algo == "iqlma-joint":
                 q = marginalize_joint_q(q, updater.num_actions, i, updater.alpha)
         actions = torch.as_tensor(held_out[f"action/{agent}"]).to(q.device).long()
         out[agent] = float((q.argmax(-1) == actions).float().mean())

@@ -55,7 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--episodes", type=int, default=32, help="episodes per mode, greedy and sampled")
     ev.add_argument("--demos", default=None, metavar="PATH", help="demos for reward recovery (default: the run's own: the file "
                     "`mamql local --demos` was given, or demos.npz in the run directory)")
-    ev.add_argument("--recovery-rows", type=int, default=4096, help="demo rows scored for reward recovery")
+    ev.add_argument("--recovery-rows", type=int, default=4096,
+                    help="demo rows of the secondary raw (not shaping-invariant) reward fit")
+    ev.add_argument("--recovery-states", type=int, default=256,
+                    help="states the demonstrators visit on which rewards are compared shaping-invariantly "
+                         "(every action at each, successors from the env's simulator)")
+    ev.add_argument("--recovery-method", choices=["auto", "dard", "epic"], default="auto",
+                    help="the shaping-invariant comparison: dard (the env's simulator), epic (demo rows, Gems only); "
+                         "auto: dard when the env can restore a state")
+    ev.add_argument("--bc-checkpoint", default=None, metavar="PATH",
+                    help="a BC checkpoint on the same demos: its log-policy is scored as a reward-recovery yardstick")
     ev.add_argument("--seed", type=int, default=None,
                     help="seed of the eval episodes (default: a fixed one no training env uses)")
     ev.add_argument("--expert-checkpoint", default=None, metavar="PATH", help="the checkpoint of the expert that "
@@ -156,8 +165,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from mamql.learner.demos import load_demos
     from mamql.config import InputError
-    from mamql.learner.evaluate import (EVAL_SEED, config_from_extra, load_expert_updater, load_updater, policy_from,
-                                        reward_recovery, run_checkpoint, run_demos, run_dir_of, run_episodes)
+    from mamql.learner.evaluate import (EVAL_SEED, config_from_extra, load_bc_updater, load_expert_updater, load_updater,
+                                        policy_from, recovery_report, run_checkpoint, run_demos, run_dir_of, run_episodes)
 
     checkpoint = run_checkpoint(args.run) if args.run else Path(args.checkpoint)
     updater, extra = load_updater(checkpoint)
@@ -173,19 +182,19 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise InputError("--expert-checkpoint scores reward recovery on demos: no --demos given and none "
                              f"found with the run ({run_dir})")
         expert = load_expert_updater(args.expert_checkpoint, config.env.name)
+    bc = load_bc_updater(args.bc_checkpoint, config.env.name) if args.bc_checkpoint else None
     seed = EVAL_SEED if args.seed is None else args.seed
     out: dict = {"checkpoint": str(checkpoint), "env": config.env.name, "algo": updater.algo, "step": updater.step}
     for mode in ("greedy", "sample"):
         res = run_episodes(policy_from(updater, mode, seed=seed), config.env.name, args.episodes, seed, config.env.kwargs)
         out[mode] = res
     if demos_path is not None and demos_path.exists():
-        demos, _ = load_demos(demos_path)
-        out["reward_recovery"] = reward_recovery(updater, demos, max_rows=args.recovery_rows)
-        out["reward_recovery_note"] = ("raw: Pearson/MSE of r^ vs true reward after an affine fit, not shaping-invariant; "
-                                       "epic_pearson: correlation of EPIC canonical forms, shaping-invariant")
+        demos, meta = load_demos(demos_path)
+        out.update(recovery_report(updater, config.env.name, config.env.kwargs, demos, meta, expert=expert, bc=bc,
+                                   expert_checkpoint=args.expert_checkpoint, states=args.recovery_states,
+                                   raw_rows=args.recovery_rows, method=args.recovery_method))
         out["demos"] = str(demos_path)
-        if expert is not None:  # the same rows and metrics, for the expert's own implied reward
-            out["expert_reward_recovery"] = reward_recovery(expert[0], demos, max_rows=args.recovery_rows)
+        if expert is not None:
             out["expert_checkpoint"] = expert[1]
     print(json.dumps(out, indent=2))
     return 0

@@ -4,19 +4,24 @@ Returns: BoltzmannPolicy over the critics, greedy (argmax Q) or sampled (alpha),
 vector-env copy so short episodes are not over-represented, fixed eval seeds (comparable across
 checkpoints, disjoint from the training seeds).
 
-Reward recovery on expert data, per agent:
-  raw      r^_i = Q_i(s, a_i) - gamma (1 - done) V_i(s') against the demos' `reward/<agent>` (or,
-           for demos without rewards, the env's reward function where it has one; else skipped):
-           Pearson correlation and MSE after a least-squares affine map (learner.losses.
-           affine_fit_metrics). NOT shaping-invariant: a good reward can score low here.
-  epic     Pearson correlation of the EPIC canonical forms (Gleave et al. 2021) of r^_i and the true
-           reward on non-terminal expert transitions: invariant to potential-based shaping and to
-           positive scale, the comparison inverse soft-Q learning can be judged by. Needs the true
-           reward as a function of (s, a, s'); Gems has one (from the observation planes), other
-           envs report None.
-IQL-MA critics are compared on the joint action they were trained on; BC logits are treated as Q.
-An expert's own checkpoint (load_expert_updater) is scored the same way: its implied reward is the
-yardstick a recovered reward can be held to.
+Reward recovery (recovery_report, what `mamql evaluate` prints), per agent:
+  pearson  THE figure: the shaping-invariant correlation of the critic's implied reward
+           r^_i = Q_i(s, a_i) - gamma (1 - done) V_i(s') with the env's own reward (PettingZoo's
+           rewards), learner.reward_compare's DARD canonical forms on successors drawn from the env's
+           simulator (get_state/set_state, or a deep copy), over states the demonstrators visit and
+           every action there; "distance" is sqrt((1 - pearson) / 2). Any env that restores a state
+           gets it (every built-in one). One that cannot falls back to EPIC on the demo rows where
+           the true reward is a function of the observations (Gems), else the figure is null with
+           the reason. `reward_recovery_metric` says which was used and on what.
+  raw      secondary, NOT shaping-invariant (a correct reward can score low): r^_i against the demos'
+           `reward/<agent>` (or the env's reward function of (s, s'), Gems) on demo rows, Pearson and
+           MSE after a least-squares affine map (learner.losses.affine_fit_metrics).
+Yardsticks on the same sampled transitions (`reward_recovery_yardsticks`): the expert's own implied
+reward (--expert-checkpoint; the ceiling), BC's log-policy (--bc-checkpoint: logits read as Q at
+alpha 1, i.e. log pi_BC) and a freshly initialised critic of the evaluated architecture (seeded).
+Every critic is scored as it acts: a joint-action critic (iqlma-joint) by its marginal, a critic
+conditioned on the others' actions (iqlma) with them left out. reward_recovery() (raw, plus the
+older Gems-only EPIC on demo rows) stays for training-time logs.
 """
 
 from __future__ import annotations
@@ -129,6 +134,26 @@ def load_expert_updater(path: str | Path, env_name: str) -> tuple[Updater, dict]
     return updater, {k: record[k] for k in ("checkpoint", "sha256", "algo", "step", "alpha", "gamma")}
 
 
+def load_bc_updater(path: str | Path, env_name: str) -> tuple[Updater, dict]:
+    """(Updater, record) of a BC checkpoint of env `env_name`, for the BC log-policy yardstick; another
+    algo or env is one InputError line. record = checkpoint, sha256, algo, step."""
+    import hashlib
+
+    from mamql.config import InputError
+    from mamql.envs.registry import canonical_name
+
+    if not Path(path).is_file():
+        raise InputError(f"--bc-checkpoint {path} does not exist")
+    updater, extra = load_updater(path)
+    trained_on = config_from_extra(extra).env.name
+    if canonical_name(trained_on) != canonical_name(env_name):
+        raise InputError(f"--bc-checkpoint {path} was trained on env {trained_on!r}, not {env_name!r}")
+    if updater.algo != "bc":
+        raise InputError(f"--bc-checkpoint {path} is a {updater.algo!r} checkpoint, not bc")
+    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return updater, {"checkpoint": str(path), "sha256": sha, "algo": updater.algo, "step": int(updater.step)}
+
+
 def run_episodes(policy: Any, env_name: str, episodes: int, seed: int = EVAL_SEED,
                  env_kwargs: Mapping[str, Any] | None = None, max_envs: int = 32) -> dict[str, Any]:
     """Mean (and std) return per agent over `episodes` episodes: the first episode of each copy."""
@@ -168,10 +193,10 @@ def run_episodes(policy: Any, env_name: str, episodes: int, seed: int = EVAL_SEE
 def policy_from(source: Any, mode: str = "greedy", alpha: float | None = None, seed: int = EVAL_SEED) -> BoltzmannPolicy:
     """A CPU BoltzmannPolicy on a COPY of the updater's weights (training never sees eval mode)."""
     updater = load_updater(source)[0] if isinstance(source, (str, Path)) else source
-    from mamql.learner.networks import build_critics, build_joint_critics
+    from mamql.learner.networks import build_algo_critics
 
-    build = build_joint_critics if updater.algo == "iqlma" else build_critics
-    critics = build(updater.spec, tuple(updater.config.hidden) or None, getattr(updater.config, "network", "default"))
+    critics = build_algo_critics(updater.spec, updater.algo, tuple(updater.config.hidden) or None,
+                                 getattr(updater.config, "network", "default"))
     policy = BoltzmannPolicy(critics, alpha=updater.alpha if alpha is None else alpha, mode=mode, seed=seed)
     policy.load_flat(updater.policy_weights())
     return policy
@@ -285,3 +310,267 @@ def _gems_epic(q, q_next, acts, obs, nxt, demos, done, updater, epic_rows, epic_
     action_pool = torch.arange(q.shape[1])
     return epic_canonical_correlation(learned, true, idx, acts[live], idx + b, torch.arange(2 * b, 2 * b + len(pool)),
                                       action_pool, gamma)
+
+
+# --------------------------------------------------------------------------- shaping-invariant recovery
+
+RECOVERY_SEED = 2_000_003  # coverage episodes and sampling: the same for every checkpoint of an env
+RANDOM_CRITIC_SEED = 0  # the random-critic yardstick: one fixed initialisation per architecture
+RECOVERY_METHODS = ("auto", "dard", "epic")
+
+
+def acting_q_function(updater: Any, agent: str):
+    """agent's critic as reward_compare.QFunction: obs [B, ...] -> Q [B, A_i], as the agent acts
+    (BoltzmannPolicy.action_values): a JointCritic by its marginal over its own action, a
+    ConditionedCritic with the others' actions left out."""
+    from mamql.learner.losses import marginalize_joint_q
+
+    critic = updater.critics[agent]
+
+    @torch.no_grad()
+    def q_fn(obs: np.ndarray) -> np.ndarray:
+        was_training = critic.training
+        critic.eval()
+        try:
+            q = critic(torch.as_tensor(np.asarray(obs), device=updater.device))
+            if isinstance(critic, JointCritic):
+                q = marginalize_joint_q(q, critic.num_actions_per_agent, critic.agent_index, updater.alpha)
+            return q.float().cpu().numpy()
+        finally:
+            critic.train(was_training)
+
+    return q_fn
+
+
+def model_critics(updater: Any) -> dict[str, tuple[Any, float]]:
+    """{agent: (q_fn, alpha)} of a checkpoint's critics for reward_compare. BC's logits are read at
+    alpha 1, so its implied reward is log pi_BC up to shaping (cross-entropy trains softmax(logits))."""
+    alpha = 1.0 if updater.algo == "bc" else float(updater.alpha)
+    return {agent: (acting_q_function(updater, agent), alpha) for agent in updater.critics}
+
+
+def random_critic_updater(updater: Any, seed: int = RANDOM_CRITIC_SEED) -> Updater:
+    """A freshly initialised Updater of the evaluated checkpoint's algo and architecture (seeded): the
+    random-critic yardstick, what a recovered reward scores by chance."""
+    with torch.random.fork_rng(devices=[]):  # Updater seeds torch's global generator: leave the caller's alone
+        return make_updater(updater.spec, updater.config, "cpu", seed=seed)
+
+
+def policy_probs(policy: Any, num_actions: Mapping[str, int], epsilon: float = 0.0):
+    """reward_compare.Demonstrator of an expert policy: a BoltzmannPolicy's own probabilities (greedy:
+    its argmax; sample: Boltzmann at its alpha; its epsilon mixed in), RandomPolicy uniform, any other
+    (a scripted expert, built without epsilon) one-hot on its action; `epsilon` mixes in uniform ones."""
+    from mamql.envs.experts import RandomPolicy
+    from mamql.learner.losses import boltzmann_probs
+
+    def probs(obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(policy, RandomPolicy):
+            out = {a: np.full((len(o), num_actions[a]), 1.0 / num_actions[a]) for a, o in obs.items()}
+        elif isinstance(policy, BoltzmannPolicy):
+            q = policy.action_values(obs)
+            out = {a: (np.eye(num_actions[a])[v.argmax(1)] if policy.mode == "greedy"
+                       else boltzmann_probs(torch.from_numpy(v).double(), policy.alpha).numpy()) for a, v in q.items()}
+            out = {a: (1 - policy.epsilon) * p + policy.epsilon / num_actions[a] for a, p in out.items()}
+        else:
+            acts = policy.act(obs)
+            out = {a: np.eye(num_actions[a])[np.asarray(acts[a])] for a in obs}
+        return {a: (1 - epsilon) * p + epsilon / num_actions[a] for a, p in out.items()}
+
+    return probs
+
+
+def demonstrator_for(env_name: str, env_kwargs: Mapping[str, Any] | None, demos_meta: Mapping[str, Any] | None,
+                     expert_checkpoint: str | Path | None = None, seed: int = RECOVERY_SEED):
+    """(Demonstrator, record) of whoever played the demos, from their metadata: the scripted expert (at
+    the recorded epsilon), random play, or the recorded checkpoint (same sha256) at its temperature and
+    sampling mode. Failing that, --expert-checkpoint (sampling at its alpha), else uniform random
+    play, and the record says so: the demonstrators set the coverage states and the other agents'
+    actions of every agent's marginal game."""
+    from mamql.envs import env_spec
+    from mamql.envs.experts import make_expert
+
+    kwargs = dict(env_kwargs or {})
+    num_actions = dict(env_spec(env_name, **kwargs).num_actions)
+    meta = dict(demos_meta or {})
+    expert = meta.get("expert") if isinstance(meta.get("expert"), Mapping) else {}
+    epsilon = float(meta.get("epsilon") or 0.0)
+    kind, why = expert.get("kind"), None
+    try:
+        if kind in ("scripted", "random"):
+            policy = make_expert(env_name, kind, seed=seed, epsilon=0.0, **kwargs)
+            return policy_probs(policy, num_actions, epsilon), {"source": "demos", "kind": kind, "epsilon": epsilon}
+        if kind == "checkpoint":
+            from mamql.learner.policy import CheckpointExpert
+
+            loaded = CheckpointExpert(str(expert.get("checkpoint")), env_name, kwargs)
+            if expert.get("sha256") and expert["sha256"] != loaded.sha256:
+                raise ValueError(f"{expert.get('checkpoint')} has changed since the demos were recorded (sha256)")
+            mode = "greedy" if expert.get("sampling") == "greedy" else "sample"
+            policy = loaded.policy(expert.get("alpha"), mode, seed=seed)
+            return policy_probs(policy, num_actions, epsilon), {
+                "source": "demos", "kind": "checkpoint", "checkpoint": loaded.path, "sha256": loaded.sha256,
+                "alpha": policy.alpha, "sampling": mode, "epsilon": epsilon}
+        why = ("the demos do not record which expert played them" if kind is None
+               else f"the demos' expert kind {kind!r} cannot be rebuilt")
+    except Exception as exc:  # noqa: BLE001 - a missing or changed file: say so and fall back
+        why = f"cannot rebuild the demos' expert: {' '.join(str(exc).split())[:200]}"
+    if expert_checkpoint is not None:
+        policy = make_expert(env_name, f"checkpoint:{expert_checkpoint}", seed=seed, **kwargs)
+        return policy_probs(policy, num_actions), {"source": "--expert-checkpoint", "kind": "checkpoint",
+                                                   "checkpoint": str(expert_checkpoint), "alpha": policy.alpha,
+                                                   "sampling": "sample", "note": why}
+    policy = make_expert(env_name, "random", seed=seed, **kwargs)
+    return policy_probs(policy, num_actions), {"source": "stand-in", "kind": "random", "note": why +
+                                               "; uniform random play stands in for the demonstrators"}
+
+
+def recovery_report(updater: Any, env_name: str, env_kwargs: Mapping[str, Any] | None,
+                    demos: Mapping[str, np.ndarray] | None, demos_meta: Mapping[str, Any] | None = None,
+                    expert: tuple[Any, dict] | None = None, bc: tuple[Any, dict] | None = None,
+                    expert_checkpoint: str | Path | None = None, states: int = 256, raw_rows: int = 4096,
+                    method: str = "auto", seed: int = RECOVERY_SEED) -> dict[str, Any]:
+    """The reward-recovery part of `mamql evaluate`'s JSON:
+
+    reward_recovery             {agent: {"pearson", "distance", "raw"}}: pearson/distance THE
+                                shaping-invariant figure (DARD, or the EPIC fallback); raw the
+                                secondary per-row fit on demo rows (NOT shaping-invariant), when demos
+                                are given.
+    reward_recovery_metric      which method, its simulator, coverage and demonstrators, mean_pearson.
+    reward_recovery_yardsticks  expert_implied (with `expert`: (Updater, record) of
+                                load_expert_updater), bc_log_policy (with `bc`: (Updater, record)),
+                                random_critic: each {"agents": {agent: {pearson, distance}},
+                                "mean_pearson", ...} or {"skipped": why}.
+    expert_reward_recovery      with `expert`: its figures in reward_recovery's layout.
+
+    All figures come from the SAME sampled transitions. method: auto (dard when the env restores a
+    state, else epic where the true reward is a function of the observations (Gems), else none),
+    dard or epic (forced; epic needs demos)."""
+    from mamql.envs import make
+    from mamql.learner.reward_compare import simulator_for
+
+    if method not in RECOVERY_METHODS:
+        raise ValueError(f"method must be one of {RECOVERY_METHODS}, got {method!r}")
+    models: dict[str, Any] = {"method": updater}
+    if expert is not None:
+        models["expert_implied"] = expert[0]
+    if bc is not None:
+        models["bc_log_policy"] = bc[0]
+    models["random_critic"] = random_critic_updater(updater)
+    agents = list(updater.critics)
+    metric: dict[str, Any] = {"method": None}
+    figures: dict[str, dict[str, dict[str, float]]] = {}
+    sim, how, env = None, "not tried (method epic)", None
+    try:
+        if method != "epic":
+            env = make(env_name, **dict(env_kwargs or {}))
+            sim, how = simulator_for(env, seed)
+            if sim is None and method == "dard":
+                metric["skipped"] = f"dard needs a simulator that restores a state: {how}"
+        if sim is not None:
+            figures, metric = _dard_figures(sim, env, env_name, env_kwargs, updater, models, demos_meta,
+                                            expert_checkpoint, states, seed)
+            metric["simulator"] = how
+        elif method != "dard" and demos is not None and updater.spec.name == "gems":
+            figures = {name: {a: {"pearson": _finite(r["epic_pearson"]), "distance": _distance(_finite(r["epic_pearson"]))}
+                              for a, r in reward_recovery(u, demos, max_rows=raw_rows, seed=0).items()}
+                       for name, u in models.items()}
+            metric = {"method": "epic", "simulator": None, "why": how, "gamma": updater.gamma,
+                      "about": "Pearson correlation of EPIC canonical forms (Gleave et al. 2021) on non-terminal demo "
+                               "rows, with the true reward from the observation planes: shaping-invariant, but "
+                               "queries transitions the env cannot make; distance = sqrt((1 - pearson) / 2)",
+                      "coverage": {"demo_rows": "up to 1024 non-terminal", "state_pool": 64}}
+        elif "skipped" not in metric:
+            metric["skipped"] = ("no shaping-invariant figure: the env cannot restore a state "
+                                 f"({how}) and its true reward is not a function of the observations")
+    finally:
+        if env is not None:
+            env.close()
+    metric["mean_pearson"] = _mean_pearson(figures.get("method", {}))
+    raw = reward_recovery(updater, demos, max_rows=raw_rows) if demos is not None else {}
+    out: dict[str, Any] = {"reward_recovery": {}, "reward_recovery_metric": metric}
+    for agent in agents:
+        fig = figures.get("method", {}).get(agent, {"pearson": None, "distance": None})
+        out["reward_recovery"][agent] = {**fig, **_raw_part(raw.get(agent))}
+    if demos is not None:
+        out["reward_recovery_raw_note"] = ("raw: Pearson/MSE of r^ vs the demos' reward per row after an affine "
+                                           "fit; NOT shaping-invariant, a secondary number")
+    yard: dict[str, Any] = {}
+    for name, what in (("expert_implied", "pass --expert-checkpoint (the demonstrators' checkpoint): the ceiling"),
+                       ("bc_log_policy", "pass --bc-checkpoint (a BC checkpoint on the same demos)"),
+                       ("random_critic", "")):
+        if name in models and name in figures:
+            yard[name] = {"agents": figures[name], "mean_pearson": _mean_pearson(figures[name])}
+        else:
+            yard[name] = {"skipped": what if name not in models else metric.get("skipped", "no figure")}
+    if expert is not None:
+        yard["expert_implied"]["checkpoint"] = expert[1]
+        raw_e = reward_recovery(expert[0], demos, max_rows=raw_rows) if demos is not None else {}
+        none = {"pearson": None, "distance": None}
+        out["expert_reward_recovery"] = {a: {**figures.get("expert_implied", {}).get(a, none), **_raw_part(raw_e.get(a))}
+                                         for a in agents}
+    if bc is not None:
+        yard["bc_log_policy"]["checkpoint"] = bc[1]
+    yard["random_critic"]["seed"] = RANDOM_CRITIC_SEED
+    out["reward_recovery_yardsticks"] = yard
+    return out
+
+
+def _dard_figures(sim: Any, env: Any, env_name: str, env_kwargs: Mapping[str, Any] | None, updater: Any,
+                  models: Mapping[str, Any], demos_meta: Mapping[str, Any] | None, expert_checkpoint: Any,
+                  states: int, seed: int) -> tuple[dict, dict]:
+    """(figures {model: {agent: {pearson, distance}}}, metric record) of the DARD comparison."""
+    from mamql.envs import make
+    from mamql.learner.reward_compare import compare_rewards, coverage_states, sample_agent
+
+    demonstrator, about = demonstrator_for(env_name, env_kwargs, demos_meta, expert_checkpoint, seed)
+    coverage = coverage_states(sim, demonstrator, states, seed, max_steps=int(updater.spec.max_steps or 0),
+                               make_env=lambda: make(env_name, **dict(env_kwargs or {})))
+    num_actions = {a: int(updater.spec.num_actions[a]) for a in env.possible_agents}
+    # a copying simulator (deepcopy mode, MPE) is ~10x dearer per restore: one own action per
+    # successor for mean_A f(s', A), an unbiased but noisier estimate
+    second = None if sim.mode == "get_state" else 1
+    samples = {a: sample_agent(sim, coverage, demonstrator, a, num_actions, seed=seed + i, second_actions=second)
+               for i, a in enumerate(updater.critics)}
+    true = {a: s.true_canonical(updater.gamma) for a, s in samples.items()}
+    figures = compare_rewards(samples, {name: model_critics(u) for name, u in models.items()}, updater.gamma)
+    figures = {name: {a: {k: _finite(v) for k, v in fig.items()} for a, fig in per.items()}
+               for name, per in figures.items()}
+    metric = {
+        "method": "dard", "gamma": updater.gamma,
+        "about": "Pearson correlation of DARD canonical forms (Wulfe et al. 2022) of the critic's implied "
+                 "reward and the env's reward in each agent's marginal game: shaping- and scale-invariant, "
+                 "1 = the same reward up to shaping; distance = sqrt((1 - pearson) / 2) (learner.reward_compare)",
+        "coverage": {"states": {a: int(len(s.reward)) for a, s in samples.items()},
+                     "dropped": {a: s.dropped for a, s in samples.items()}, "seed": seed,
+                     "actions": "every action of the agent at each state",
+                     # states where the agent's action changes the true canonical reward at all: a sparse
+                     # reward leaves few, and the figure rests on them (null: none, no correlation)
+                     "informative_states": {a: int((np.abs(c).max(1) > 1e-9).sum()) for a, c in true.items()},
+                     "successor_actions": "all" if second is None else second},
+        "demonstrators": about}
+    return figures, metric
+
+
+def _finite(x: float | None) -> float | None:
+    """NaN (a constant reward has no correlation) as None, so the JSON stays valid."""
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _distance(rho: float | None) -> float | None:
+    from mamql.learner.reward_compare import pearson_distance
+
+    return None if rho is None else pearson_distance(rho)
+
+
+def _mean_pearson(per_agent: Mapping[str, Mapping[str, float]]) -> float | None:
+    vals = [v["pearson"] for v in per_agent.values() if v.get("pearson") is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _raw_part(result: Mapping[str, Any] | None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    part = {"raw": result["raw"]}
+    if "skipped" in result:
+        part["raw_skipped"] = result["skipped"]
+    return part

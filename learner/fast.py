@@ -42,12 +42,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from mamql.learner.losses import joint_action_index, mamql_loss
-from mamql.learner.networks import build_critics, build_joint_critics
+from mamql.learner.networks import build_algo_critics
 from mamql.learner.updater import CHECKPOINT_FORMAT, chi2_alpha_of, default_weight_decay, resolve_device
 
 log = logging.getLogger("mamql.learner.fast")
 
-FAST_ALGOS = ("mamql", "iqlma")
+FAST_ALGOS = ("mamql", "iqlma-joint")
 PRECISIONS = ("fp32", "bf16")
 TERM_NAMES = ("loss", "value", "expert_reward", "chi2", "expert_q", "policy_q", "q_gap")  # mamql_loss's terms
 GRAPH_WARMUP = 3
@@ -57,6 +57,8 @@ def fast_supported(spec: Any, config: Any) -> tuple[bool, str]:
     """(True, "") when one batched step can serve every agent; else (False, why)."""
     if config.algo == "soft-q":
         return False, "algo soft-q has no fast path (it always bootstraps from target critics)"
+    if config.algo == "iqlma":
+        return False, "algo iqlma has no fast path (its critics take the other agents' actions as input)"
     if config.algo not in FAST_ALGOS:
         return False, f"algo {config.algo!r} has no fast path"
     if getattr(config, "augment", "none") != "none":
@@ -116,8 +118,7 @@ class FastUpdater:
         wd = float(config.weight_decay)
         self.weight_decay = default_weight_decay(spec.name) if wd < 0 else wd
         torch.manual_seed(seed)  # the same initial weights as Updater(spec, config, seed=seed)
-        build = build_joint_critics if self.algo == "iqlma" else build_critics
-        critics = build(spec, tuple(config.hidden) or None, getattr(config, "network", "default"))
+        critics = build_algo_critics(spec, self.algo, tuple(config.hidden) or None, getattr(config, "network", "default"))
         modules = [m.to(self.device) for m in critics.values()]
         self.state_keys = list(modules[0].state_dict().keys())  # flatten_weights order
         self.param_names = [n for n, _ in modules[0].named_parameters()]  # Adam's param index order
@@ -255,7 +256,7 @@ class FastUpdater:
         if q_all.dtype in (torch.bfloat16, torch.float16):
             q_all = q_all.float()  # the loss (logsumexp, squares) in fp32
         q, q_next = q_all[:, :n], q_all[:, n:]
-        if self.algo == "iqlma":  # every agent's joint-action critic is indexed by the same joint action
+        if self.algo == "iqlma-joint":  # every agent's joint-action critic is indexed by the same joint action
             actions, in_dim = joint_action_index(self._actions.T, self.num_actions), None
         else:
             actions, in_dim = self._actions, 0

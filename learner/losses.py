@@ -15,8 +15,14 @@ y = r + gamma (1 - done) V_target(s'); it trains soft-optimal experts for MAMQL 
 
 MAMQL applies this single-agent loss (IQ-Learn, Garg et al. 2021) to every agent's MARGINAL critic
 Q_i(s, a_i): marginalised over the other agents' current policies it is a single-agent soft-Q
-function, so the single-agent objective is the right one. IQL-MA, the baseline, applies the same
-loss to a critic over the JOINT action.
+function, so the single-agent objective is the right one. IQL-MA, the paper's baseline
+(`iqlma_loss`, as the reference code's `iql_ma`), gives agent i's critic the other agents' observed
+actions as input, Q_i(s, a_-i, a_i), and trains it on expert rows only:
+
+    y = gamma (1 - done) V_i(s', a_-i)     (the same a_-i at s': the data hold no next actions)
+    L = E_expert[V_i(s, a_-i) - y] - E_expert[Q_i(s, a_-i, a_i) - y] + 1/(4 alpha_chi) E_expert[(Q_i - y)^2]
+
+`iqlma_joint_loss` (algo iqlma-joint) is another reading: mamql_loss on a critic over the JOINT action.
 
 Batch layout. The loss takes the critic's outputs, not the critic, so that the trainer can run ONE
 forward pass over every row it needs (expert + online, current + next states) and slice; on CPU that
@@ -256,6 +262,51 @@ def marginalize_joint_q(q_joint: Tensor, num_actions_per_agent: Sequence[int], a
 
 
 def iqlma_loss(
+    q: Tensor,
+    q_next: Tensor,
+    actions: Tensor,
+    done: Tensor,
+    *,
+    gamma: float,
+    alpha: float = 1.0,
+    chi2_alpha: float | None = None,
+    as_floats: bool = True,
+) -> tuple[Tensor, dict]:
+    """IQL-MA (the paper's baseline; ma-mql `iql_ma`): the inverse soft-Q loss of ONE agent whose
+    critic sees the other agents' actions, on expert rows only.
+
+    q, q_next: [N, A_i] the agent's ConditionedCritic at (s, a_-i) and at (s', a_-i), a_-i the
+    others' actions in the row (plugged in at s' too, as the reference does). actions: [N] the
+    agent's own expert action; done: [N] the terminal flag. With y = gamma (1 - done) V(s', a_-i)
+    and r^ = Q(s, a_-i, a_i) - y:
+
+        L = mean(V(s, a_-i) - y) - mean(r^) + 1/(4 chi2_alpha) mean(r^^2)
+
+    i.e. mamql_loss with every row expert and value_term "expert"; no online rows, no target
+    critic. chi2_alpha None = alpha (the reference's 1/(4 alpha)); math.inf switches it off.
+    Returns (loss, terms): loss, value, expert_reward, chi2, expert_q (mean Q(s, a_-i, a_E)),
+    mean_q (mean over rows and own actions) and q_gap = expert_q - mean_q, which grows as the
+    critic ranks the expert's action above the alternatives (detached 0-d tensors with
+    as_floats=False)."""
+    done = done.to(q.dtype)
+    v = soft_value(q, alpha)
+    y = gamma * (1.0 - done) * soft_value(q_next, alpha)
+    q_sa = gather_actions(q, actions)
+    reward = q_sa - y
+    value = (v - y).mean()
+    expert_reward = reward.mean()
+    chi_alpha = alpha if chi2_alpha is None else chi2_alpha
+    chi2 = (0.0 if math.isinf(chi_alpha) else 1.0 / (4.0 * chi_alpha)) * (reward**2).mean()
+    loss = value - expert_reward + chi2
+    with torch.no_grad():
+        expert_q, mean_q = q_sa.mean(), q.mean()
+        names = ("loss", "value", "expert_reward", "chi2", "expert_q", "mean_q", "q_gap")
+        values = torch.stack([loss, value, expert_reward, chi2, expert_q, mean_q, expert_q - mean_q]).detach()
+        terms = dict(zip(names, values.tolist() if as_floats else values.unbind()))
+    return loss, terms
+
+
+def iqlma_joint_loss(
     q_joint: Tensor,
     q_joint_next: Tensor,
     actions_per_agent: Tensor | Sequence[Tensor],
@@ -264,10 +315,10 @@ def iqlma_loss(
     is_expert: Tensor,
     **kwargs,
 ) -> tuple[Tensor, dict]:
-    """IQL-MA baseline: the same inverse soft-Q loss for agent i, but its critic Q_i(s, a_1..a_n)
-    ranges over the JOINT action (flat index), and V is the soft maximum over all joint actions, as
-    if agent i controlled everyone. No marginalisation over the others' policies; keyword options
-    are those of mamql_loss."""
+    """Joint-action IQL-MA (algo iqlma-joint; NOT the reference's iql_ma, see iqlma_loss): the
+    MAMQL loss for agent i, but its critic Q_i(s, a_1..a_n) ranges over the JOINT action (flat
+    index), and V is the soft maximum over all joint actions, as if agent i controlled everyone.
+    No marginalisation over the others' policies; keyword options are those of mamql_loss."""
     index = joint_action_index(actions_per_agent, num_actions_per_agent).to(q_joint.device)
     return mamql_loss(q_joint, q_joint_next, index, done, is_expert, **kwargs)
 

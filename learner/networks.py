@@ -1,4 +1,7 @@
-"""Critic networks: one marginal critic Q_i(s, .) per agent over its OWN actions.
+"""Critic networks: one marginal critic Q_i(s, .) per agent over its OWN actions (MAMQL, BC, soft-Q),
+or, for the IQL-MA baselines, one per agent that also sees the other agents' actions
+(ConditionedCritic, algo iqlma) or ranges over the joint action (JointCritic, algo iqlma-joint);
+build_algo_critics picks by algo.
 
 Built from any env spec object with `agents`, `obs_shape[agent]`, `obs_dtype[agent]` and
 `num_actions[agent]` (envs.EnvSpec has exactly these; we do not import envs so that actors and
@@ -28,8 +31,9 @@ Architectures:
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -84,6 +88,7 @@ class Critic(nn.Module):
             features = math.prod(self.obs_shape)
             hidden = () if network == "linear" else VECTOR_HIDDEN if not hidden else hidden
         self.hidden = tuple(int(x) for x in hidden)
+        self.features = features
         self.head = _mlp(features, self.hidden, self.num_outputs)
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -92,8 +97,9 @@ class Critic(nn.Module):
 
 
 class JointCritic(Critic):
-    """IQL-MA critic of agent `agent_index`: Q_i(s, a_1..a_n) over the flattened joint action
-    (prod(num_actions_per_agent) outputs, first agent most significant; see joint_action_index)."""
+    """Joint-action IQL-MA critic of agent `agent_index` (algo iqlma-joint, not the reference's
+    form): Q_i(s, a_1..a_n) over the flattened joint action (prod(num_actions_per_agent) outputs,
+    first agent most significant; see joint_action_index)."""
 
     def __init__(
         self,
@@ -108,6 +114,65 @@ class JointCritic(Critic):
         self.agent_index = int(agent_index)
 
 
+class ConditionedCritic(Critic):
+    """IQL-MA critic of agent `agent_index` (the reference code's `Critic_Gems(acts_size)`):
+    Q_i(s, a_-i, .) over its OWN actions, with the other agents' actions a_-i as one-hot input
+    (others_one_hot) joined to the trunk's features in front of the head.
+
+    The head's first layer over [features, one-hot] is kept as two layers summed, `head[0]` on the
+    features and `others` (no bias) on the one-hot: the same function and initial distribution as
+    one Linear over the concatenation, but "no action known" is simply the second term left out.
+    That is how it acts (forward without `others`): the reference plugs in an all-zero action vector
+    at evaluation, since the others' current actions are not known before everyone acts."""
+
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        num_actions_per_agent: Sequence[int],
+        agent_index: int,
+        hidden: Sequence[int] | None = None,
+        network: str = "default",
+    ):
+        self.num_actions_per_agent = tuple(int(n) for n in num_actions_per_agent)
+        if not 0 <= int(agent_index) < len(self.num_actions_per_agent):
+            raise ValueError(f"agent_index {agent_index} is not one of {len(self.num_actions_per_agent)} agents")
+        super().__init__(obs_shape, self.num_actions_per_agent[int(agent_index)], hidden, network)
+        self.agent_index = int(agent_index)
+        self.others_dim = sum(self.num_actions_per_agent) - self.num_outputs
+        first = self.head[0]
+        self.others = nn.Linear(self.others_dim, first.out_features, bias=False)
+        bound = 1.0 / math.sqrt(first.in_features + self.others_dim)  # nn.Linear's init over the concatenation
+        with torch.no_grad():
+            for t in (first.weight, first.bias, self.others.weight):
+                t.uniform_(-bound, bound)
+
+    def forward(self, obs: Tensor, others: Tensor | None = None) -> Tensor:
+        """obs [N, *obs_shape], others [N, others_dim] (others_one_hot) or None (acting: unknown) -> [N, A_i]."""
+        x = obs if obs.is_floating_point() else obs.float()
+        h = self.head[0](self.trunk(x))
+        if others is not None:
+            if others.shape != (h.shape[0], self.others_dim):
+                raise ValueError(f"others must be [{h.shape[0]}, {self.others_dim}] (others_one_hot), "
+                                 f"got {list(others.shape)}")
+            h = h + self.others(others.to(h.dtype))
+        for layer in itertools.islice(self.head, 1, None):
+            h = layer(h)
+        return h
+
+
+def others_one_hot(actions: Tensor, num_actions_per_agent: Sequence[int], agent_index: int) -> Tensor:
+    """ConditionedCritic's `others` input: [N, n_agents] integer actions -> [N, sum_{j != i} A_j]
+    float, the one-hots of every agent but `agent_index`, concatenated in agent order."""
+    actions = torch.as_tensor(actions).long()
+    n = [int(k) for k in num_actions_per_agent]
+    if actions.ndim != 2 or actions.shape[1] != len(n):
+        raise ValueError(f"actions must be [N, {len(n)}] (one column per agent), got {list(actions.shape)}")
+    parts = [torch.nn.functional.one_hot(actions[:, j], n[j]) for j in range(len(n)) if j != int(agent_index)]
+    if not parts:
+        return torch.zeros((actions.shape[0], 0), device=actions.device)
+    return torch.cat(parts, dim=-1).float()
+
+
 def build_critics(spec: Any, hidden: Sequence[int] | None = None, network: str = "default") -> dict[str, Critic]:
     """One marginal critic per agent, in spec.agents order. hidden=None or () = default widths."""
     return {a: Critic(spec.obs_shape[a], spec.num_actions[a], hidden, network) for a in spec.agents}
@@ -118,6 +183,28 @@ def build_joint_critics(spec: Any, hidden: Sequence[int] | None = None,
     """One joint-action critic per agent (IQL-MA baseline)."""
     n = [int(spec.num_actions[a]) for a in spec.agents]
     return {a: JointCritic(spec.obs_shape[a], n, i, hidden, network) for i, a in enumerate(spec.agents)}
+
+
+def build_conditioned_critics(spec: Any, hidden: Sequence[int] | None = None,
+                              network: str = "default") -> dict[str, ConditionedCritic]:
+    """One critic per agent conditioned on the others' actions (IQL-MA baseline, algo iqlma)."""
+    n = [int(spec.num_actions[a]) for a in spec.agents]
+    return {a: ConditionedCritic(spec.obs_shape[a], n, i, hidden, network) for i, a in enumerate(spec.agents)}
+
+
+def build_algo_critics(spec: Any, algo: str, hidden: Sequence[int] | None = None,
+                       network: str = "default") -> dict[str, Critic]:
+    """The critics `algo` trains (and its actors act with): iqlma ConditionedCritic, iqlma-joint
+    JointCritic, every other algo the marginal Critic."""
+    build = {"iqlma": build_conditioned_critics, "iqlma-joint": build_joint_critics}.get(algo, build_critics)
+    return build(spec, hidden, network)
+
+
+def checkpoint_algo(algo: str, critic_state: Mapping[str, Any]) -> str:
+    """The algo a checkpoint's critics belong to: `iqlma` checkpoints written before iqlma became the
+    reference's conditioned critic hold joint-action critics (no `others.weight`), which are algo
+    iqlma-joint now; every other algo is returned as it is. critic_state: one agent's state_dict."""
+    return "iqlma-joint" if algo == "iqlma" and "others.weight" not in critic_state else algo
 
 
 def first_run_hidden(spec: Any, device: str = "auto") -> tuple[int, ...]:
@@ -138,8 +225,12 @@ def torch_dtype(dtype: Any) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype=np.dtype(dtype))).dtype
 
 
-def forward_current_next(critic: nn.Module, obs: Tensor, next_obs: Tensor) -> tuple[Tensor, Tensor]:
+def forward_current_next(critic: nn.Module, obs: Tensor, next_obs: Tensor,
+                         others: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Q at s and at s' from ONE forward pass over the concatenated rows (one big matmul beats two
-    half-size ones, especially on CPU)."""
-    q_all = critic(torch.cat([obs, next_obs], dim=0))
+    half-size ones, especially on CPU). `others` (a ConditionedCritic's input) is used at both."""
+    if others is None:
+        q_all = critic(torch.cat([obs, next_obs], dim=0))
+    else:
+        q_all = critic(torch.cat([obs, next_obs], dim=0), torch.cat([others, others], dim=0))
     return q_all[: obs.shape[0]], q_all[obs.shape[0] :]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mamql.learner.losses import boltzmann_probs, marginalize_joint_q
-from mamql.learner.networks import JointCritic
+from mamql.learner.networks import JointCritic, build_algo_critics, checkpoint_algo
 
 MODES = ("sample", "greedy")
 
@@ -47,8 +47,9 @@ def unflatten_weights(flat: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]
 class BoltzmannPolicy:
     """Acts for every agent from its critic. mode "sample" draws from the Boltzmann policy (how the
     experts and the training rollouts behave); "greedy" takes argmax Q. With probability epsilon an
-    action is replaced by a uniform random one. A JointCritic (IQL-MA) acts by the marginal of its
-    joint Boltzmann policy over its own action."""
+    action is replaced by a uniform random one. A ConditionedCritic (IQL-MA) acts with the other
+    agents' actions left out, as the reference code does (they are not known before everyone acts);
+    a JointCritic (iqlma-joint) by the marginal of its joint Boltzmann policy over its own action."""
 
     def __init__(
         self,
@@ -156,22 +157,21 @@ class CheckpointExpert:
         try:
             stored = json.loads(ckpt["extra"]["config_json"])
             learner, env = stored["learner"], stored["env"]
-            self.algo, self.step = str(ckpt["updater"]["algo"]), int(ckpt["updater"]["step"])
+            self.step = int(ckpt["updater"]["step"])
             self.alpha, self.gamma = float(learner["alpha"]), float(learner["gamma"])
             state = ckpt["updater"]["critics"]
+            self.algo = checkpoint_algo(str(ckpt["updater"]["algo"]), next(iter(state.values())))
             hidden, network = tuple(learner.get("hidden") or ()) or None, learner.get("network", "default")
             self.env, kwargs = str(env["name"]), dict(env.get("kwargs") or {})
-        except (KeyError, TypeError, ValueError) as exc:
-            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as exc:
+            reason = f"missing {exc}" if isinstance(exc, KeyError) else (str(exc).splitlines() or [type(exc).__name__])[0]
             raise CheckpointError(f"{path} is not a valid checkpoint: {reason}") from None
         if env_name is not None and canonical_name(env_name) != canonical_name(self.env):
             raise CheckpointError(f"checkpoint {path} was trained on env {self.env!r}, not {env_name!r}")
         self.env_kwargs = kwargs if env_kwargs is None else dict(env_kwargs)
-        from mamql.learner.networks import build_critics, build_joint_critics
-
         try:
             spec = env_spec(self.env, **self.env_kwargs)
-            critics = (build_joint_critics if self.algo == "iqlma" else build_critics)(spec, hidden, network)
+            critics = build_algo_critics(spec, self.algo, hidden, network)
             for agent, module in critics.items():
                 module.load_state_dict(state[agent], strict=True)
         except (KeyError, RuntimeError, ValueError) as exc:  # another agent set, other shapes (env.kwargs)

@@ -14,7 +14,13 @@ networks.forward_current_next; the loss itself is learner.losses.
 
 Algorithms:
   mamql  per-agent marginal critics Q_i(s, a_i), mamql_loss.
-  iqlma  per-agent joint-action critics Q_i(s, a_1..a_n), iqlma_loss; actors act by the marginal.
+  iqlma  the paper's IQL-MA baseline (ma-mql `iql_ma`): per-agent critics Q_i(s, a_-i, a_i) that take
+         the others' actions as one-hot input, iqlma_loss on expert rows only (the online batch is
+         ignored, as are value_term and chi2_on_policy); actors act with the others' actions left
+         out (networks.ConditionedCritic), as the reference does.
+  iqlma-joint  per-agent joint-action critics Q_i(s, a_1..a_n), iqlma_joint_loss (mamql_loss on the
+         joint action, online value term); actors act by the marginal. Not the reference's form: kept
+         as a second reading of "IQ-Learn per agent" (it was algo iqlma before).
   bc     per-agent logits trained by cross-entropy on expert actions; the online batch is ignored.
          The logits double as a critic so the same BoltzmannPolicy (alpha = 1) acts from them.
   soft-q forward soft-Q learning from each agent's own env reward (soft_q_loss) on online rows
@@ -25,6 +31,7 @@ Algorithms:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -35,11 +42,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mamql.learner.losses import bc_loss, gather_actions, iqlma_loss, mamql_loss, soft_q_loss
-from mamql.learner.networks import build_critics, build_joint_critics, forward_current_next
+from mamql.learner.losses import bc_loss, gather_actions, iqlma_joint_loss, iqlma_loss, mamql_loss, soft_q_loss
+from mamql.learner.networks import build_algo_critics, checkpoint_algo, forward_current_next, others_one_hot
 from mamql.learner.policy import flatten_weights
 
-ALGOS = ("mamql", "iqlma", "bc", "soft-q")
+ALGOS = ("mamql", "iqlma", "iqlma-joint", "bc", "soft-q")
 # soft-q's target-critic rate when learner.target_tau is 0: SAC's 0.005 (Haarnoja et al. 2018). A
 # soft-Q regression bootstrapping from the critic it trains chases its own target and can diverge;
 # at 0.005 the target's time constant is 200 updates, short next to a run of thousands.
@@ -89,8 +96,7 @@ class Updater:
         wd = float(config.weight_decay)
         self.weight_decay = default_weight_decay(spec.name) if wd < 0 else wd
         torch.manual_seed(seed)  # initial weights are a function of the seed
-        build = build_joint_critics if algo == "iqlma" else build_critics
-        critics = build(spec, tuple(config.hidden) or None, getattr(config, "network", "default"))
+        critics = build_algo_critics(spec, algo, tuple(config.hidden) or None, getattr(config, "network", "default"))
         self.critics: dict[str, nn.Module] = {a: m.to(self.device) for a, m in critics.items()}
         # learner.torch_compile: training forwards go through torch.compile'd views of the critics; they
         # share the parameters, so checkpoints, weight publishing and evaluation use the plain modules
@@ -146,7 +152,7 @@ class Updater:
         soft-q reads only `online` (with `reward/<agent>`); `expert` may be None there."""
         started = time.perf_counter()
         expert = self._on_device(expert) if self.algo != "soft-q" else expert
-        online = self._on_device(online) if self.algo != "bc" else online
+        online = self._on_device(online) if self.algo not in ("bc", "iqlma") else online  # expert rows only
         self.h2d_seconds = time.perf_counter() - started
         if self.algo == "soft-q":
             return self._update_soft_q(online)
@@ -154,6 +160,8 @@ class Updater:
             expert = self._augmented(expert)
         if self.algo == "bc":
             return self._update_bc(expert)
+        if self.algo == "iqlma":
+            return self._update_iqlma(expert)
         n_exp = len(expert["done"])
         n_all = n_exp + len(online["done"])
         cat = lambda k, dtype=None: torch.cat([self._tensor(expert[k], dtype), self._tensor(online[k], dtype)])
@@ -178,7 +186,7 @@ class Updater:
                 loss, terms = mamql_loss(q, q_next, actions[agent], done, is_expert, **kwargs)
             else:
                 joint = torch.stack([actions[a] for a in self.agents], dim=-1)
-                loss, terms = iqlma_loss(q, q_next, joint, self.num_actions, done, is_expert, **kwargs)
+                loss, terms = iqlma_joint_loss(q, q_next, joint, self.num_actions, done, is_expert, **kwargs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -193,6 +201,33 @@ class Updater:
             with torch.no_grad():
                 for t, p in zip(self.targets[agent].parameters(), self.critics[agent].parameters()):
                     t.lerp_(p, self.target_tau)
+
+    def _update_iqlma(self, expert: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
+        """IQL-MA: each agent's critic at (s, a_-i) and (s', a_-i), the others' expert actions as
+        one-hot input, iqlma_loss; V(s') from the target critic when learner.target_tau > 0."""
+        done = self._tensor(expert["done"], torch.float32)  # the TERMINAL flag only; truncation bootstraps
+        joint = torch.stack([self._tensor(expert[f"action/{a}"], torch.long) for a in self.agents], dim=-1)
+        logs: dict[str, float] = {}
+        for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
+            agent = self.agents[i]
+            others = others_one_hot(joint, self.num_actions, i)
+            obs, next_obs = self._tensor(expert[f"obs/{agent}"]), self._tensor(expert[f"next_obs/{agent}"])
+            if agent in self.targets:
+                q = self.forwards[agent](obs, others)
+                with torch.no_grad():
+                    q_next = self.targets[agent](next_obs, others)
+            else:
+                q, q_next = forward_current_next(self.forwards[agent], obs, next_obs, others)
+            loss, terms = iqlma_loss(q, q_next, joint[:, i], done, gamma=self.gamma, alpha=self.alpha,
+                                     chi2_alpha=chi2_alpha_of(self.config))
+            opt = self.optimizers[agent]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            self._track_target(agent)
+            logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
+        self.step += 1
+        return logs
 
     def _update_soft_q(self, online: Mapping[str, np.ndarray | Tensor]) -> dict[str, float]:
         done = self._tensor(online["done"], torch.float32)  # the TERMINAL flag only; truncation bootstraps
@@ -260,8 +295,13 @@ class Updater:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        if state.get("algo") != self.algo:
-            raise ValueError(f"checkpoint is for algo {state.get('algo')!r}, this updater runs {self.algo!r}")
+        algo = state.get("algo")
+        if algo == "iqlma" and isinstance(state.get("critics"), Mapping) and state["critics"]:
+            algo = checkpoint_algo(algo, next(iter(state["critics"].values())))
+        if algo != self.algo:
+            hint = (" (joint-action critics, which algo iqlma trained before it became the reference's form: "
+                    "load them with learner.algo=iqlma-joint)" if algo == "iqlma-joint" and self.algo == "iqlma" else "")
+            raise ValueError(f"checkpoint is for algo {algo!r}, this updater runs {self.algo!r}{hint}")
         for a, m in self.critics.items():
             m.load_state_dict(state["critics"][a], strict=True)
         for a, o in self.optimizers.items():
@@ -313,10 +353,27 @@ def save_checkpoint(path: str | Path, updater: Updater, extra: Mapping[str, Any]
 
 def read_checkpoint(path: str | Path) -> dict:
     """The raw checkpoint dict ({"updater", "extra"}), loaded with weights_only=True on CPU; a
-    missing or corrupt file is a learner.checkpoint.CheckpointError naming it."""
+    missing or corrupt file is a learner.checkpoint.CheckpointError naming it. A joint-action IQL-MA
+    checkpoint from before iqlma became the reference's form reads as algo iqlma-joint (its stored
+    config too), so evaluating it rebuilds the critics it holds."""
     from mamql.learner.checkpoint import read_torch_checkpoint
 
-    return read_torch_checkpoint(path)
+    ckpt = read_torch_checkpoint(path)
+    state = ckpt["updater"]
+    try:
+        algo = checkpoint_algo(state["algo"], next(iter(state["critics"].values())))
+    except (KeyError, TypeError, AttributeError, StopIteration):
+        return ckpt  # not an updater state this version knows: load_state_dict says what is wrong
+    if algo != state["algo"]:
+        state["algo"] = algo
+        extra = ckpt["extra"]
+        try:
+            config = json.loads(extra["config_json"])
+            config["learner"]["algo"] = algo
+            extra["config_json"] = json.dumps(config)
+        except (KeyError, TypeError, ValueError):
+            pass
+    return ckpt
 
 
 def load_checkpoint(path: str | Path, updater: Updater) -> dict:

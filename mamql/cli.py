@@ -63,7 +63,7 @@ def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = No
 # Argument checks for every command, by attribute name, run before its handler: counts that must
 # not be negative (or zero), and input paths that must hold what they claim to.
 MIN_COUNTS = {"steps": 0, "transitions": 1, "episodes": 1, "expert_transitions": 1, "actors": 0,
-              "num_envs": 1, "recovery_rows": 1, "held_out": 0}
+              "num_envs": 1, "recovery_rows": 1, "recovery_states": 1, "held_out": 0}
 
 
 def check_args(args: argparse.Namespace) -> None:

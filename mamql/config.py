@@ -139,6 +139,10 @@ class ActorConfig:
     """Probability that an action is replaced by a uniform random one (learned and expert policies)."""
     send_batch_size: int = 256
     """Transitions per Insert message: the actor buffers env steps until it has this many."""
+    send_ack_every: int = 1
+    """The replay server acknowledges one Insert message in this many (an idle writer asks for the pending
+    acks after 50 ms): fewer ack messages per transition. At-least-once delivery is unchanged: what is
+    not acknowledged is resent after a reconnect."""
     send_queue_batches: int = 64
     """Batches buffered while replay is slow or away; when full the env loop waits
     (mamql_actor_send_blocked_seconds_total)."""
@@ -155,8 +159,11 @@ class LearnerConfig:
     fields marked "trainer" apply to the latter only)."""
 
     algo: str = "mamql"
-    """mamql | iqlma | bc | soft-q. mamql, iqlma and bc learn from demonstrations (`--demos`); soft-q learns
-    from the env's rewards, without demonstrations."""
+    """mamql | iqlma | iqlma-joint | bc | soft-q. mamql, the IQL-MA baselines and bc learn from demonstrations
+    (`--demos`); soft-q learns from the env's rewards, without demonstrations. iqlma is the paper's IQL-MA
+    (reference code `iql_ma`): each agent's critic takes the other agents' actions as input, trains on expert
+    rows only (value_term and chi2_on_policy do not apply) and acts with those actions left out; iqlma-joint
+    is a critic over the joint action with MAMQL's loss (algo iqlma before it took the reference's form)."""
     device: str = "auto"
     """auto | cpu | cuda. auto = cuda when torch sees a GPU, else cpu."""
     steps: int = 2_000
@@ -469,7 +476,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 # --------------------------------------------------------------------------- validation
 
-ALGOS = ("mamql", "iqlma", "bc", "soft-q")  # learner.updater.ALGOS (not imported here: it pulls in torch)
+ALGOS = ("mamql", "iqlma", "iqlma-joint", "bc", "soft-q")  # learner.updater.ALGOS (not imported here: it pulls in torch)
 ACTOR_MODES = ("learned", "expert", "random")
 EXPERTS = ("scripted", "random")
 NETWORKS = ("default", "mlp", "linear")  # learner.networks.NETWORKS
@@ -529,6 +536,7 @@ def validate(config: Config) -> Config:
     need(actor.mode in ACTOR_MODES, f"actor.mode must be one of {', '.join(ACTOR_MODES)}, got {actor.mode!r}")
     need(actor.expert in EXPERTS or actor.expert.startswith("checkpoint:"),
          f"actor.expert must be one of {', '.join(EXPERTS)} or checkpoint:PATH, got {actor.expert!r}")
+    need(actor.send_ack_every >= 1, f"actor.send_ack_every must be >= 1, got {actor.send_ack_every}")
     need(actor.expert_temperature >= 0.0, f"actor.expert_temperature must be >= 0, got {actor.expert_temperature}")
     for section in ("replay", "weights", "metrics"):
         port = getattr(config, section).port

@@ -267,6 +267,7 @@ def _learner_registry(tmp: Path):
 
 def _actor_registry():
     from mamql.actors.actor import Actor
+    from mamql.actors.cli import open_writer
     from mamql.actors.weight_subscriber import WeightSubscriber
     from mamql.config import with_updates
     from mamql.metrics import new_registry
@@ -276,7 +277,7 @@ def _actor_registry():
     config = with_updates(Config(), actor={"num_envs": 1})
     registry = new_registry()
     client = ReplayClient(UNREACHABLE, Security(), config.replay.max_message_mb)
-    writer = client.writer(config.actor.table, max_queue_batches=config.actor.send_queue_batches, registry=registry)
+    writer = open_writer(client, config, registry)
     subscriber = WeightSubscriber(UNREACHABLE, "actor-0", Security(), config.weights.max_message_mb, registry)
     Actor(config, 0, writer, subscriber, registry)  # as `mamql actor` in learned mode; the subscriber never starts
     writer.close(timeout=0)

@@ -65,7 +65,7 @@ def assert_params_close_fp32(a: dict, b: dict, updates: int) -> None:
     assert off <= max(1, total * 1e-4), (off, total)
 
 
-@pytest.mark.parametrize("algo", ["mamql", "iqlma"])
+@pytest.mark.parametrize("algo", ["mamql", "iqlma-joint"])
 def test_fast_equals_plain_in_fp64(algo):
     spec = env_spec("mpe/simple_spread")  # three identical agents, vector observations
     plain, fast = Updater(spec, cfg(algo), "cpu", 0), FastUpdater(spec, cfg(algo), "cpu", 0)
@@ -150,6 +150,8 @@ def test_make_updater_falls_back_when_agents_differ():
     logs = u.update(random_batch(adversary, 8, rng), random_batch(adversary, 8, rng))
     assert u.step == 1 and all(np.isfinite(v) for v in logs.values())
     assert type(make_updater(env_spec("gems"), cfg("bc"), "cpu")) is Updater  # bc: no fast path
+    assert not fast_supported(env_spec("gems"), cfg("iqlma"))[0]  # conditioned critics: no fast path
+    assert type(make_updater(env_spec("gems"), cfg("iqlma"), "cpu")) is Updater
     assert type(make_updater(env_spec("gems"), cfg(), "cpu")) is FastUpdater
     assert type(make_updater(env_spec("gems"), LearnerConfig(hidden=TINY, device="cpu"), "cpu")) is Updater
 

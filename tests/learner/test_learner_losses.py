@@ -13,7 +13,7 @@ from mamql.learner.losses import (
     boltzmann_log_probs,
     boltzmann_probs,
     implied_reward,
-    iqlma_loss,
+    iqlma_joint_loss,
     joint_action_index,
     mamql_loss,
     marginalize_joint_q,
@@ -194,14 +194,14 @@ def test_marginalize_joint_q_is_the_marginal_policy():
         assert torch.allclose(marg, joint.sum(dim=other))
 
 
-def test_iqlma_loss_is_mamql_on_joint_index():
+def test_iqlma_joint_loss_is_mamql_on_joint_index():
     n = (2, 3)
     q = torch.randn(4, 6)
     q_next = torch.randn(4, 6)
     actions = torch.tensor([[0, 2], [1, 1], [1, 0], [0, 0]])
     done = torch.tensor([0.0, 0.0, 1.0, 0.0])
     is_exp = torch.tensor([1, 1, 0, 0])
-    loss, terms = iqlma_loss(q, q_next, actions, n, done, is_exp, gamma=0.9)
+    loss, terms = iqlma_joint_loss(q, q_next, actions, n, done, is_exp, gamma=0.9)
     ref, _ = mamql_loss(q, q_next, torch.tensor([2, 4, 3, 0]), done, is_exp, gamma=0.9)
     assert torch.allclose(loss, ref)
     # soft value over ALL joint actions: by hand for the expert rows' value

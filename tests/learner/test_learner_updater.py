@@ -10,7 +10,7 @@ import torch
 from mamql.envs import env_spec
 from mamql.learner.demos import collect_demos
 from mamql.learner.policy import BoltzmannPolicy
-from mamql.learner.networks import build_critics, build_joint_critics
+from mamql.learner.networks import build_algo_critics
 from mamql.learner.updater import Updater, load_checkpoint, make_updater, read_checkpoint, save_checkpoint
 from mamql.config import LearnerConfig
 
@@ -47,7 +47,7 @@ def cfg(algo="mamql", **kw):
 
 
 @pytest.mark.parametrize("env_name", ["gems", "mpe/simple_spread"])
-@pytest.mark.parametrize("algo", ["mamql", "iqlma", "bc"])
+@pytest.mark.parametrize("algo", ["mamql", "iqlma", "iqlma-joint", "bc"])
 def test_every_algo_updates_and_actors_can_load_its_weights(env_name, algo):
     spec = env_spec(env_name)
     rng = np.random.default_rng(0)
@@ -63,14 +63,13 @@ def test_every_algo_updates_and_actors_can_load_its_weights(env_name, algo):
     assert set(after) == set(before) and all(k.split("/", 1)[0] in spec.agents for k in after)
     assert any(not torch.equal(before[k], after[k]) for k in after)
     assert all(t.device.type == "cpu" for t in after.values())
-    build = build_joint_critics if algo == "iqlma" else build_critics
-    policy = BoltzmannPolicy(build(spec, TINY), mode="greedy")
+    policy = BoltzmannPolicy(build_algo_critics(spec, algo, TINY), mode="greedy")
     policy.load_flat(after)
     acts = policy.act({a: random_batch(spec, 3, rng)[f"obs/{a}"] for a in spec.agents})
     assert all(acts[a].shape == (3,) and (acts[a] < spec.num_actions[a]).all() for a in spec.agents)
 
 
-@pytest.mark.parametrize("algo", ["mamql", "iqlma", "bc"])
+@pytest.mark.parametrize("algo", ["mamql", "iqlma", "iqlma-joint", "bc"])
 def test_loss_decreases_on_a_fixed_batch(gems_demos, algo):
     spec = env_spec("gems")
     rng = np.random.default_rng(1)
@@ -97,7 +96,7 @@ def test_bad_algo_is_refused():
         make_updater(env_spec("gems"), cfg("sac"), "cpu")
 
 
-@pytest.mark.parametrize("algo,extra_cfg", [("mamql", {}), ("iqlma", {}), ("mamql", {"target_tau": 0.1}),
+@pytest.mark.parametrize("algo,extra_cfg", [("mamql", {}), ("iqlma", {}), ("iqlma-joint", {}), ("mamql", {"target_tau": 0.1}),
                                             ("bc", {"augment": "symmetry"})])
 def test_checkpoint_resume_is_exact(tmp_path, gems_demos, algo, extra_cfg):
     """Train N, save, load into a FRESH updater (other seed), train N more: identical to 2N straight

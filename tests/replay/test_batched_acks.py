@@ -117,3 +117,19 @@ def test_writer_with_batched_acks_resends_what_a_restarted_server_never_acked(st
     assert set(steps.tolist()) == set(range(2, 8))  # at-least-once: every batch the dead server missed
     writer.close()
     client.close()
+
+
+def test_actor_writer_takes_acks_per_message_from_the_config(start_server):
+    from mamql.actors.cli import open_writer
+    from mamql.config import ConfigError, validate, with_updates
+
+    server = start_server()
+    config = with_updates(Config(), actor={"send_ack_every": 4, "table": "online", "send_queue_batches": 3})
+    with ReplayClient(server.address) as client:
+        writer = open_writer(client, config)
+        assert (writer.ack_every, writer.max_queue_batches, writer.table) == (4, 3, "online")
+        for i in range(6):
+            writer.put(small_batch(2, 2 * i), timeout=5)
+        assert writer.close(timeout=10) and writer.acked_transitions == 12
+    with pytest.raises(ConfigError, match="actor.send_ack_every must be >= 1, got 0"):
+        validate(with_updates(Config(), actor={"send_ack_every": 0}))
