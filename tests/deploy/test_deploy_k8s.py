@@ -158,12 +158,18 @@ def test_container_args_are_valid_mamql_commands(rendered, overlay, tmp_path):
             except SystemExit:
                 pytest.fail(f"{workload['metadata']['name']}/{container['name']}: invalid argv {argv}")
             seen.add(args.command)
+            if args.command == "demos":  # the demos are of the env the learner trains on: the ConfigMap's env.name
+                assert args.config and args.env is None, (workload["metadata"]["name"], argv)
             if getattr(args, "config", None):
                 assert args.config == "/etc/mamql/mamql.yaml"
                 # the mounted config plus the container's overrides load cleanly
                 path = tmp_path / "mamql.yaml"
                 path.write_text(config_text)
                 resolved = load_config(path, args.overrides)
+                mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+                assert "/etc/mamql/mamql.yaml" in mounts, (container["name"], mounts)
+                if args.command == "demos":  # an initContainer: no ports
+                    continue
                 ports = {p["containerPort"] for p in container.get("ports", [])}
                 assert resolved.metrics.port in ports, (container["name"], resolved.metrics.port, ports)
                 if args.command == "replay":
