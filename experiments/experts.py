@@ -111,7 +111,7 @@ def _shown(path: str) -> str:
         return path
 
 
-def _progress_trainer(config: Any, run_dir: Path):
+def _progress_trainer(config: Any, run_dir: Path, resume: bool = False):
     """A Trainer that also prints each metrics record as one progress line on stderr."""
     from mamql.learner.trainer import Trainer
 
@@ -129,7 +129,7 @@ def _progress_trainer(config: Any, run_dir: Path):
                 print(f"step {step}: rollout return per agent {shown}, {record['updates_per_s']:.1f} updates/s",
                       file=sys.stderr, flush=True)
 
-    return ProgressTrainer(config, None, run_dir, progress=False)
+    return ProgressTrainer(config, None, run_dir, resume=resume, progress=False)
 
 
 def train_expert(args: argparse.Namespace) -> int:
@@ -138,6 +138,14 @@ def train_expert(args: argparse.Namespace) -> int:
 
     if args.eval_episodes < 1:
         raise InputError(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
+    if args.resume and not args.config:  # continue with the run's own config (its --set overrides included)
+        if not args.run_name:
+            raise InputError("--resume needs the name of the run to continue (--run-name)")
+        from mamql.config import Config
+
+        saved = Path(args.out or Config().run.root) / args.run_name / "config.yaml"
+        if saved.is_file():
+            args.config = str(saved)
     if not args.config:
         if not args.env:
             raise InputError("give --env (its committed config is used) or --config FILE")
@@ -148,11 +156,11 @@ def train_expert(args: argparse.Namespace) -> int:
         raise InputError(f"an expert is trained with learner.algo=soft-q, the config says {config.learner.algo!r}")
     if config.learner.steps < 1:  # no update, no checkpoint: nothing to call an expert
         raise InputError(f"learner.steps must be >= 1 for an expert, got {config.learner.steps}")
-    config, run_dir = make_run_dir(config, "expert")
+    config, run_dir = make_run_dir(config, "expert", resume=args.resume)
     print(f"mamql experts train: {config.env.name}, config {args.config}, run directory {run_dir}",
           file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    trainer = _progress_trainer(config, run_dir)
+    trainer = _progress_trainer(config, run_dir, resume=args.resume)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the Trainer's own eval lines: stdout is the JSON's
             result = trainer.train()
@@ -180,8 +188,8 @@ def register(experts_sub: argparse._SubParsersAction) -> None:
         "train", help="train and save an env's reference soft-optimal expert (soft-q) from its committed config; "
         "prints one JSON line",
         epilog="examples:\n  mamql experts train --env gems\n"
-               "  mamql experts train --env mpe/simple_adversary --seed 1 --out runs/experts\n"
-               "  mamql experts train --env gems --steps 5000 --eval-episodes 16 --run-name gems-expert-short")
+               "  mamql experts train --env gems --steps 5000 --eval-episodes 16 --run-name gems-expert-short\n"
+               "  mamql experts train --run-name gems-expert-short --steps 30000 --resume")
     add_config_args(tr)  # default --config: experiments/experts/<env>.yaml
     tr.add_argument("--env", default=None, help="env.name; its config is experiments/experts/<env>.yaml "
                     "(mpe/x as mpe-x) unless --config is given")
@@ -189,5 +197,8 @@ def register(experts_sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--seed", type=int, default=None, help="run.seed: networks, envs and sampling")
     tr.add_argument("--out", default=None, help="run.root: the run directory is OUT/<run name> (default runs/)")
     tr.add_argument("--run-name", default=None, help="run.name (default expert-<env>-<time>-<random>)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue run --run-name from its newest checkpoint up to --steps (the run's own config; "
+                    "replay and rollout state start afresh)")
     tr.add_argument("--eval-episodes", type=int, default=64, help="final evaluation episodes per mode (greedy, sampled)")
     tr.set_defaults(func=train_expert)

@@ -66,11 +66,28 @@ def test_experts_train_writes_a_loadable_expert_and_one_json_line(tmp_path):
 
 
 def test_bad_input_is_one_error_line_and_no_run_dir(tmp_path):
-    proc = _experts_train("--env", "kitchen", "--out", str(tmp_path))
-    assert proc.returncode == 2 and "no committed expert config for env 'kitchen'" in proc.stderr
+    proc = _experts_train("--env", "mpe/simple_tag", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "no committed expert config for env 'mpe/simple_tag'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = _experts_train("--env", "gems", "--out", str(tmp_path), "--set", "learner.algo=mamql")
     assert proc.returncode == 2 and "learner.algo=soft-q" in proc.stderr
     proc = _experts_train("--env", "gems", "--out", str(tmp_path), "--steps", "0")
     assert proc.returncode == 2 and "learner.steps must be >= 1" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_continues_a_run_with_its_own_config(tmp_path):
+    args = ["--env", "gems", "--steps", "6", "--seed", "3", "--out", str(tmp_path), "--run-name", "r", "--eval-episodes", "1"]
+    for item in TINY:
+        args += ["--set", item]
+    first = _experts_train(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # no --env, no --set: the run's saved config (tiny critic, seed 3) is used, up to the new --steps
+    again = _experts_train("--resume", "--run-name", "r", "--out", str(tmp_path), "--steps", "12", "--eval-episodes", "1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    record = json.loads(again.stdout.strip().splitlines()[-1])
+    assert (record["steps"], record["seed"]) == (12, 3) and record["config"].endswith("r/config.yaml")
+    assert Path(record["checkpoint"]).name == "learner_00000012.pt"
+    assert load_config(tmp_path / "r" / "config.yaml").learner.hidden == (16,)
+    missing = _experts_train("--resume", "--run-name", "nothing", "--out", str(tmp_path), "--env", "gems")
+    assert missing.returncode == 2 and "--resume: no run directory" in missing.stderr
