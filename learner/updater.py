@@ -174,7 +174,6 @@ class Updater:
         logs: dict[str, float] = {}
         for i in torch.randperm(len(self.agents), generator=self.rng).tolist():
             agent = self.agents[i]
-            opt = self.optimizers[agent]
             forward = self.forwards[agent]
             if agent in self.targets:
                 q = forward(cat(f"obs/{agent}"))
@@ -187,13 +186,18 @@ class Updater:
             else:
                 joint = torch.stack([actions[a] for a in self.agents], dim=-1)
                 loss, terms = iqlma_joint_loss(q, q_next, joint, self.num_actions, done, is_expert, **kwargs)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self._track_target(agent)
-            logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
+            self._step_agent(agent, loss, terms, logs)
         self.step += 1
         return logs
+
+    def _step_agent(self, agent: str, loss: Tensor, terms: Mapping[str, Tensor], logs: dict[str, float]) -> None:
+        """One optimiser step of the agent's critic on `loss`, its target's Polyak step, its terms logged."""
+        opt = self.optimizers[agent]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        self._track_target(agent)
+        logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
 
     def _track_target(self, agent: str) -> None:
         """Polyak step of the agent's target critic towards its critic (when it has one)."""
@@ -220,12 +224,7 @@ class Updater:
                 q, q_next = forward_current_next(self.forwards[agent], obs, next_obs, others)
             loss, terms = iqlma_loss(q, q_next, joint[:, i], done, gamma=self.gamma, alpha=self.alpha,
                                      chi2_alpha=chi2_alpha_of(self.config))
-            opt = self.optimizers[agent]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self._track_target(agent)
-            logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
+            self._step_agent(agent, loss, terms, logs)
         self.step += 1
         return logs
 
@@ -240,12 +239,7 @@ class Updater:
             loss, terms = soft_q_loss(q, q_next, self._tensor(online[f"action/{agent}"], torch.long),
                                       self._tensor(online[f"reward/{agent}"], torch.float32), done,
                                       gamma=self.gamma, alpha=self.alpha)
-            opt = self.optimizers[agent]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self._track_target(agent)
-            logs.update({f"{agent}/{k}": float(v) for k, v in terms.items()})
+            self._step_agent(agent, loss, terms, logs)
         self.step += 1
         return logs
 
