@@ -19,8 +19,10 @@ Reward recovery (recovery_report, what `mamql evaluate` prints), per agent:
 Yardsticks on the same sampled transitions (`reward_recovery_yardsticks`): the expert's own implied
 reward (--expert-checkpoint; the ceiling), BC's log-policy (--bc-checkpoint: logits read as Q at
 alpha 1, i.e. log pi_BC) and a freshly initialised critic of the evaluated architecture (seeded).
-Every critic is scored as it acts: a joint-action critic (iqlma-joint) by its marginal, a critic
-conditioned on the others' actions (iqlma) with them left out. reward_recovery() (raw, plus the
+A joint-action critic (iqlma-joint) is scored by its marginal, as it acts; a critic conditioned on
+the others' actions (iqlma) by the reward it was trained to imply, Q(s, a_i, a_-i) - gamma V(s', a'_-i),
+with the others' sampled actions at s and the demonstrators' expectation over theirs at s' (it acts
+without them, so that is the reward its policy follows only where the others' actions do not matter). reward_recovery() (raw, plus the
 older Gems-only EPIC on demo rows) stays for training-time logs.
 """
 
@@ -342,11 +344,36 @@ def acting_q_function(updater: Any, agent: str):
     return q_fn
 
 
+def conditioned_q_function(updater: Any, agent: str):
+    """A ConditionedCritic (iqlma) as the reward it was trained to imply, Q(s, a_i, a_-i) -
+    gamma V(s', a'_-i): a QFunction of (obs [B, ...], the others' one-hots [B, D]) -> Q [B, A_i],
+    with `others_num_actions`, which reward_compare feeds the others' sampled actions at s and the
+    demonstrators' expectation over theirs at s'."""
+    critic = updater.critics[agent]
+
+    @torch.no_grad()
+    def q_fn(obs: np.ndarray, others: np.ndarray) -> np.ndarray:
+        was_training = critic.training
+        critic.eval()
+        try:
+            q = critic(torch.as_tensor(np.asarray(obs), device=updater.device),
+                       torch.as_tensor(np.asarray(others), device=updater.device))
+            return q.float().cpu().numpy()
+        finally:
+            critic.train(was_training)
+
+    q_fn.others_num_actions = tuple(n for j, n in enumerate(critic.num_actions_per_agent) if j != critic.agent_index)
+    return q_fn
+
+
 def model_critics(updater: Any) -> dict[str, tuple[Any, float]]:
     """{agent: (q_fn, alpha)} of a checkpoint's critics for reward_compare. BC's logits are read at
     alpha 1, so its implied reward is log pi_BC up to shaping (cross-entropy trains softmax(logits))."""
+    from mamql.learner.networks import ConditionedCritic
+
     alpha = 1.0 if updater.algo == "bc" else float(updater.alpha)
-    return {agent: (acting_q_function(updater, agent), alpha) for agent in updater.critics}
+    return {agent: (conditioned_q_function(updater, agent) if isinstance(critic, ConditionedCritic)
+                    else acting_q_function(updater, agent), alpha) for agent, critic in updater.critics.items()}
 
 
 def random_critic_updater(updater: Any, seed: int = RANDOM_CRITIC_SEED) -> Updater:

@@ -94,8 +94,10 @@ MIN_PROB = 1e-3  # a demonstrator's action less likely than this is not simulate
 
 # every agent's obs [B, *obs_shape] -> every agent's action probabilities [B, A] under the demonstrators
 Demonstrator = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
-# one agent's obs [B, *obs_shape] -> Q [B, A]: a critic's action values (for BC: its logits)
-QFunction = Callable[[np.ndarray], np.ndarray]
+# one agent's obs [B, *obs_shape] -> Q [B, A]: a critic's action values (for BC: its logits). A critic
+# conditioned on the other agents' actions (IQL-MA) is a QFunction with `others_num_actions` (their
+# action counts, in agent order) that takes their one-hots as a second argument [B, sum of those].
+QFunction = Callable[..., np.ndarray]
 
 
 # --------------------------------------------------------------------------- the math (pure)
@@ -377,13 +379,19 @@ class AgentSamples:
     weight: np.ndarray  # [N, A, K] probability of each successor given (s, a); 0 = padding
     next_mean_reward: np.ndarray  # [N, A, K] estimate of mean_A f(s', A), the reward from s'
     dropped: dict[str, int]  # coverage states left out, by reason (terminal, time_limit, agents_gone)
+    others_actions: np.ndarray | None = None  # [N, K, O] the other agents' actions on each sampled transition
+    next_others_probs: np.ndarray | None = None  # [N, A, K, O, max A] the demonstrators' probabilities of them at s'
 
     def true_canonical(self, gamma: float) -> np.ndarray:
         """C(s, a) of the env's reward: f = reward, g = 0."""
         return canonical_from_parts(self.reward, gamma * self.next_mean_reward, self.weight)
 
     def learned_canonical(self, q_fn: QFunction, gamma: float, alpha: float, chunk: int = 4096) -> np.ndarray:
-        """C(s, a) of the critic's implied reward Q(s, a) - gamma V(s'): f = Q, g = -gamma V."""
+        """C(s, a) of the critic's implied reward Q(s, a) - gamma V(s'): f = Q, g = -gamma V. A critic
+        conditioned on the others' actions (IQL-MA's reward Q(s, a, a_-i) - gamma V(s', a'_-i)) reads
+        the others' sampled actions at s and the demonstrators' expectation over theirs at s'."""
+        if getattr(q_fn, "others_num_actions", None) is not None:
+            return self._conditioned_canonical(q_fn, gamma, alpha, chunk)
         n, a, k = self.reward.shape
         q_s = _batched(q_fn, self.obs, chunk).astype(np.float64)
         q_n = _batched(q_fn, self.next_obs.reshape(n * a * k, *self.next_obs.shape[3:]), chunk).astype(np.float64)
@@ -391,9 +399,38 @@ class AgentSamples:
         h = gamma * (q_n.mean(-1) - soft_value_np(q_n, alpha))
         return canonical_from_parts(np.broadcast_to(q_s[:, :, None], (n, a, k)), h, self.weight)
 
+    def _conditioned_canonical(self, q_fn: QFunction, gamma: float, alpha: float, chunk: int) -> np.ndarray:
+        if self.others_actions is None or self.next_others_probs is None:
+            raise ValueError("a critic conditioned on the others' actions needs samples that record them (sample_agent)")
+        dims = [int(d) for d in q_fn.others_num_actions]
+        n, a, k = self.reward.shape
+        obs_k = np.repeat(self.obs, k, axis=0)  # [N * K]: s once per sampled joint action of the others
+        f = _batched(q_fn, obs_k, chunk, _one_hots(self.others_actions.reshape(n * k, -1), dims))
+        f = f.astype(np.float64).reshape(n, k, a).transpose(0, 2, 1)  # [N, A, K]: Q(s, a, a_-i of successor k)
+        nxt = self.next_obs.reshape(n * a * k, *self.next_obs.shape[3:])
+        probs = self.next_others_probs.reshape(n * a * k, len(dims), -1)
+        mean_q, value = np.zeros(n * a * k), np.zeros(n * a * k)
+        for combo in itertools.product(*(range(d) for d in dims)):  # E over the others' joint action at s'
+            p = np.prod([probs[:, j, c] for j, c in enumerate(combo)], axis=0)
+            live = np.flatnonzero(p > 0)
+            if not len(live):
+                continue
+            q = _batched(q_fn, nxt[live], chunk, _one_hots(np.tile(combo, (len(live), 1)), dims)).astype(np.float64)
+            mean_q[live] += p[live] * q.mean(-1)
+            value[live] += p[live] * soft_value_np(q, alpha)
+        h = gamma * (mean_q - value).reshape(n, a, k)
+        return canonical_from_parts(f, h, self.weight)
 
-def _batched(q_fn: QFunction, obs: np.ndarray, chunk: int) -> np.ndarray:
-    return np.concatenate([np.asarray(q_fn(obs[i:i + chunk])) for i in range(0, len(obs), chunk)])
+
+def _one_hots(actions: np.ndarray, dims: Sequence[int]) -> np.ndarray:
+    """[B, O] integer actions -> [B, sum(dims)] concatenated one-hots (networks.others_one_hot's layout)."""
+    return np.concatenate([np.eye(d, dtype=np.float32)[actions[:, j]] for j, d in enumerate(dims)], axis=1)
+
+
+def _batched(q_fn: QFunction, obs: np.ndarray, chunk: int, others: np.ndarray | None = None) -> np.ndarray:
+    if others is None:
+        return np.concatenate([np.asarray(q_fn(obs[i:i + chunk])) for i in range(0, len(obs), chunk)])
+    return np.concatenate([np.asarray(q_fn(obs[i:i + chunk], others[i:i + chunk])) for i in range(0, len(obs), chunk)])
 
 
 def sample_agent(sim: Simulator, coverage: Sequence[CoverageState], demonstrator: Demonstrator, agent: str,
@@ -414,6 +451,7 @@ def sample_agent(sim: Simulator, coverage: Sequence[CoverageState], demonstrator
     agents = list(num_actions)
     others = [b for b in agents if b != agent]
     n_act = int(num_actions[agent])
+    a_max = max(int(n) for n in num_actions.values())
     k_max = max_combos * draws
     rng = np.random.default_rng(seed)
     rows: list[tuple] = []
@@ -424,6 +462,8 @@ def sample_agent(sim: Simulator, coverage: Sequence[CoverageState], demonstrator
         combos, w = [c for c in combos for _ in range(draws)], np.repeat(w / draws, draws)
         reward = np.zeros((n_act, k_max))
         weight = np.zeros((n_act, k_max))
+        others_actions = np.zeros((k_max, len(others)), dtype=np.int64)
+        others_actions[:len(combos)] = np.asarray(combos, dtype=np.int64).reshape(len(combos), len(others))
         next_obs = np.zeros((n_act, k_max, *state.obs[agent].shape), dtype=state.obs[agent].dtype)
         live: list[tuple[int, int, Any, dict]] = []
         why = None
@@ -443,6 +483,10 @@ def sample_agent(sim: Simulator, coverage: Sequence[CoverageState], demonstrator
             continue
         next_mean = np.zeros((n_act, k_max))
         probs_n = demonstrator({b: np.stack([x[3][b] for x in live]) for b in agents})
+        next_probs = np.zeros((n_act, k_max, len(others), a_max))
+        for j, (a, k, _, _) in enumerate(live):
+            for o, b in enumerate(others):
+                next_probs[a, k, o, :num_actions[b]] = probs_n[b][j]
         for j, (a, k, token, _) in enumerate(live):
             own = range(n_act) if second_actions is None else rng.integers(0, n_act, second_actions)
             steps = [(int(a2), [_draw(rng, probs_n[b][j]) for b in others]) for a2 in own for _ in range(second_combos)]
@@ -452,12 +496,12 @@ def sample_agent(sim: Simulator, coverage: Sequence[CoverageState], demonstrator
                 _, rew2, *_ = env.step({agent: a2, **dict(zip(others, combo))})
                 total += float(rew2[agent])
             next_mean[a, k] = total / len(steps)
-        rows.append((state.obs[agent], next_obs, reward, weight, next_mean))
+        rows.append((state.obs[agent], next_obs, reward, weight, next_mean, others_actions, next_probs))
     if not rows:
         raise RuntimeError(f"all {len(coverage)} coverage states were dropped ({dropped}): a terminal or "
                            "time-limited successor from each")
-    cols = list(zip(*rows))
-    return AgentSamples(agent, *(np.stack(c) for c in cols), dropped)
+    cols = [np.stack(c) for c in zip(*rows)]
+    return AgentSamples(agent, *cols[:5], dropped, others_actions=cols[5], next_others_probs=cols[6])
 
 
 def compare_rewards(samples: Mapping[str, AgentSamples], models: Mapping[str, Mapping[str, tuple[QFunction, float]]],

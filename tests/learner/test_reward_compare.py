@@ -6,6 +6,7 @@ Kitchen, the copying simulator on MPE, and `mamql evaluate` JSON for Gems and MP
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -113,6 +114,42 @@ def test_sampled_figure_is_invariant_to_the_critics_shaping_and_scale_and_sensit
     assert rho > 0.95  # the soft expert's own critic: the true reward up to shaping, less sampling noise
     assert figs["q"]["agent_0"]["distance"] == pytest.approx(np.sqrt((1 - rho) / 2))
     assert abs(figs["other"]["agent_0"]["pearson"]) < 0.6
+
+
+def _conditioned_table(qc, alpha=1.0):
+    """A critic conditioned on the partner's action (IQL-MA's form): Q[s, a0, a1] as a QFunction."""
+    qc = np.asarray(qc, dtype=np.float64)
+
+    def q_fn(obs, others):
+        return qc[np.asarray(obs).argmax(-1), :, np.asarray(others).argmax(-1)]
+
+    q_fn.others_num_actions = (tab.PARTNER_ACTIONS,)
+    return {"agent_0": (q_fn, alpha)}
+
+
+def test_a_critic_conditioned_on_the_partners_action_is_scored_by_the_reward_it_implies():
+    """IQL-MA's critic Q(s, a0, a1) implies r(s, a0, a1) = Q - gamma V(s', a1'). A joint soft-optimal
+    critic (its V(s') the expectation over the partner's policy at s') implies the true joint reward,
+    and scores ~1 as such; a conditioned critic that ignores a1 scores exactly what the same table
+    scores unconditioned; read with the partner's action left out (as it acts) the joint critic
+    scores lower."""
+    game = tab.random_game(3)
+    policy = tab.expert_policy(game, "soft")
+    samples = _tabular_samples(game, policy)
+    qc = np.zeros_like(game.joint_reward)
+    for _ in range(400):  # soft value iteration in the joint game, the partner's policy fixed
+        v = np.einsum("sb,sb->s", game.partner_policy, soft_value_np(qc.transpose(0, 2, 1), 1.0))
+        qc = game.joint_reward + GAMMA * game.joint_transition @ v
+    q_star = tab.soft_value_iteration(game.reward, game.transition, 1.0)
+    figs = compare_rewards(samples, {"joint": _conditioned_table(qc), "as_acting": _table(qc.mean(-1)),
+                                     "ignores": _conditioned_table(np.repeat(q_star[:, :, None], tab.PARTNER_ACTIONS, -1)),
+                                     "plain": _table(q_star)}, GAMMA)
+    assert figs["joint"]["agent_0"]["pearson"] > 0.95  # 0.973: the true reward, less sampling noise
+    assert figs["ignores"]["agent_0"]["pearson"] == pytest.approx(figs["plain"]["agent_0"]["pearson"], abs=1e-9)
+    assert figs["as_acting"]["agent_0"]["pearson"] < figs["joint"]["agent_0"]["pearson"] - 0.1  # 0.73
+    with pytest.raises(ValueError, match="record them"):
+        bare = dataclasses.replace(samples["agent_0"], others_actions=None)
+        compare_rewards({"agent_0": bare}, {"joint": _conditioned_table(qc)}, GAMMA)
 
 
 @pytest.mark.parametrize("expert", ["soft", "argmax"])
