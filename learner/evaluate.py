@@ -366,14 +366,16 @@ def conditioned_q_function(updater: Any, agent: str):
     return q_fn
 
 
-def model_critics(updater: Any) -> dict[str, tuple[Any, float]]:
-    """{agent: (q_fn, alpha)} of a checkpoint's critics for reward_compare. BC's logits are read at
-    alpha 1, so its implied reward is log pi_BC up to shaping (cross-entropy trains softmax(logits))."""
+def model_critics(updater: Any) -> dict[str, tuple[Any, float, float]]:
+    """{agent: (q_fn, alpha, gamma)} of a checkpoint's critics for reward_compare: each implies its
+    reward with its own discount. BC's logits are read at alpha 1, so its implied reward is log pi_BC
+    up to shaping (cross-entropy trains softmax(logits))."""
     from mamql.learner.networks import ConditionedCritic
 
     alpha = 1.0 if updater.algo == "bc" else float(updater.alpha)
     return {agent: (conditioned_q_function(updater, agent) if isinstance(critic, ConditionedCritic)
-                    else acting_q_function(updater, agent), alpha) for agent, critic in updater.critics.items()}
+                    else acting_q_function(updater, agent), alpha, float(updater.gamma))
+            for agent, critic in updater.critics.items()}
 
 
 def random_critic_updater(updater: Any, seed: int = RANDOM_CRITIC_SEED) -> Updater:
@@ -558,12 +560,16 @@ def _dard_figures(sim: Any, env: Any, env_name: str, env_kwargs: Mapping[str, An
     second = None if sim.mode == "get_state" else 1
     samples = {a: sample_agent(sim, coverage, demonstrator, a, num_actions, seed=seed + i, second_actions=second)
                for i, a in enumerate(updater.critics)}
-    true = {a: s.true_canonical(updater.gamma) for a, s in samples.items()}
-    figures = compare_rewards(samples, {name: model_critics(u) for name, u in models.items()}, updater.gamma)
+    # the discount the demonstrators were trained for (the true reward is theirs under it), else the learner's
+    gamma = float((demos_meta or {}).get("gamma") or updater.gamma)
+    true = {a: s.true_canonical(gamma) for a, s in samples.items()}
+    figures = compare_rewards(samples, {name: model_critics(u) for name, u in models.items()}, gamma)
     figures = {name: {a: {k: _finite(v) for k, v in fig.items()} for a, fig in per.items()}
                for name, per in figures.items()}
     metric = {
-        "method": "dard", "gamma": updater.gamma,
+        "method": "dard", "gamma": gamma,
+        "gamma_source": "the demos' (their expert's discount)" if (demos_meta or {}).get("gamma") else "the learner's",
+        "reward_gammas": {name: float(u.gamma) for name, u in models.items()},
         "about": "Pearson correlation of DARD canonical forms (Wulfe et al. 2022) of the critic's implied "
                  "reward and the env's reward in each agent's marginal game: shaping- and scale-invariant, "
                  "1 = the same reward up to shaping; distance = sqrt((1 - pearson) / 2) (learner.reward_compare)",

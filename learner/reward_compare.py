@@ -386,20 +386,25 @@ class AgentSamples:
         """C(s, a) of the env's reward: f = reward, g = 0."""
         return canonical_from_parts(self.reward, gamma * self.next_mean_reward, self.weight)
 
-    def learned_canonical(self, q_fn: QFunction, gamma: float, alpha: float, chunk: int = 4096) -> np.ndarray:
-        """C(s, a) of the critic's implied reward Q(s, a) - gamma V(s'): f = Q, g = -gamma V. A critic
-        conditioned on the others' actions (IQL-MA's reward Q(s, a, a_-i) - gamma V(s', a'_-i)) reads
+    def learned_canonical(self, q_fn: QFunction, gamma: float, alpha: float, chunk: int = 4096,
+                          reward_gamma: float | None = None) -> np.ndarray:
+        """C(s, a) under discount `gamma` of the critic's implied reward Q(s, a) - gamma_r V(s'), gamma_r
+        the critic's own discount (reward_gamma, default gamma): f = Q, g = -gamma_r V. DARD's
+        successor terms of g cancel, so h(s') = gamma mean_A Q(s', A) - gamma_r V(s'). A critic
+        conditioned on the others' actions (IQL-MA's reward Q(s, a, a_-i) - gamma_r V(s', a'_-i)) reads
         the others' sampled actions at s and the demonstrators' expectation over theirs at s'."""
+        gamma_r = gamma if reward_gamma is None else float(reward_gamma)
         if getattr(q_fn, "others_num_actions", None) is not None:
-            return self._conditioned_canonical(q_fn, gamma, alpha, chunk)
+            return self._conditioned_canonical(q_fn, gamma, gamma_r, alpha, chunk)
         n, a, k = self.reward.shape
         q_s = _batched(q_fn, self.obs, chunk).astype(np.float64)
         q_n = _batched(q_fn, self.next_obs.reshape(n * a * k, *self.next_obs.shape[3:]), chunk).astype(np.float64)
         q_n = q_n.reshape(n, a, k, -1)
-        h = gamma * (q_n.mean(-1) - soft_value_np(q_n, alpha))
+        h = gamma * q_n.mean(-1) - gamma_r * soft_value_np(q_n, alpha)
         return canonical_from_parts(np.broadcast_to(q_s[:, :, None], (n, a, k)), h, self.weight)
 
-    def _conditioned_canonical(self, q_fn: QFunction, gamma: float, alpha: float, chunk: int) -> np.ndarray:
+    def _conditioned_canonical(self, q_fn: QFunction, gamma: float, gamma_r: float, alpha: float,
+                               chunk: int) -> np.ndarray:
         if self.others_actions is None or self.next_others_probs is None:
             raise ValueError("a critic conditioned on the others' actions needs samples that record them (sample_agent)")
         dims = [int(d) for d in q_fn.others_num_actions]
@@ -418,7 +423,7 @@ class AgentSamples:
             q = _batched(q_fn, nxt[live], chunk, _one_hots(np.tile(combo, (len(live), 1)), dims)).astype(np.float64)
             mean_q[live] += p[live] * q.mean(-1)
             value[live] += p[live] * soft_value_np(q, alpha)
-        h = gamma * (mean_q - value).reshape(n, a, k)
+        h = (gamma * mean_q - gamma_r * value).reshape(n, a, k)
         return canonical_from_parts(f, h, self.weight)
 
 
@@ -504,18 +509,20 @@ def sample_agent(sim: Simulator, coverage: Sequence[CoverageState], demonstrator
     return AgentSamples(agent, *cols[:5], dropped, others_actions=cols[5], next_others_probs=cols[6])
 
 
-def compare_rewards(samples: Mapping[str, AgentSamples], models: Mapping[str, Mapping[str, tuple[QFunction, float]]],
+def compare_rewards(samples: Mapping[str, AgentSamples], models: Mapping[str, Mapping[str, tuple]],
                     gamma: float) -> dict[str, dict[str, dict[str, float]]]:
-    """{model: {agent: {"pearson", "distance"}}}: each model's critics (agent -> (q_fn, alpha)) against
-    the env's reward, on the SAME sampled transitions (so the figures of methods and yardsticks differ
-    only by the critics). Agents a model has no critic for are left out."""
+    """{model: {agent: {"pearson", "distance"}}}: each model's critics (agent -> (q_fn, alpha) or
+    (q_fn, alpha, the critic's own discount)) against the env's reward, all canonicalised under
+    `gamma`, on the SAME sampled transitions (so the figures of methods and yardsticks differ only by
+    the critics). Agents a model has no critic for are left out."""
     true = {agent: s.true_canonical(gamma) for agent, s in samples.items()}
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, critics in models.items():
         out[name] = {}
-        for agent, (q_fn, alpha) in critics.items():
+        for agent, (q_fn, alpha, *own_gamma) in critics.items():
             if agent not in samples:
                 continue
-            rho = pearson(samples[agent].learned_canonical(q_fn, gamma, alpha), true[agent])
+            learned = samples[agent].learned_canonical(q_fn, gamma, alpha, reward_gamma=own_gamma[0] if own_gamma else None)
+            rho = pearson(learned, true[agent])
             out[name][agent] = {"pearson": rho, "distance": pearson_distance(rho)}
     return out

@@ -152,6 +152,20 @@ def test_a_critic_conditioned_on_the_partners_action_is_scored_by_the_reward_it_
         compare_rewards({"agent_0": bare}, {"joint": _conditioned_table(qc)}, GAMMA)
 
 
+def test_each_critic_implies_its_reward_with_its_own_discount():
+    """A critic trained for discount 0 is the reward itself (Q = r, implied reward Q - 0 V(s')):
+    compared under the game's 0.9 it scores like the soft-optimal 0.9 critic when its own discount is
+    given, and lower when its reward is read as Q - 0.9 V(s')."""
+    game = tab.random_game(3)
+    samples = _tabular_samples(game, tab.expert_policy(game, "soft"))
+    (fn9, _), (fn0, _) = _table(tab.soft_value_iteration(game.reward, game.transition, 1.0))["agent_0"], _table(game.reward)["agent_0"]
+    figs = compare_rewards(samples, {"q9": {"agent_0": (fn9, 1.0)}, "r_own": {"agent_0": (fn0, 1.0, 0.0)},
+                                     "r_read_at_09": {"agent_0": (fn0, 1.0)}}, GAMMA)
+    rho = {k: v["agent_0"]["pearson"] for k, v in figs.items()}  # 0.973, 0.988, 0.954
+    assert rho["r_own"] == pytest.approx(rho["q9"], abs=0.03)
+    assert rho["r_read_at_09"] < rho["r_own"] - 0.02
+
+
 @pytest.mark.parametrize("expert", ["soft", "argmax"])
 def test_sampled_figure_agrees_with_the_exact_projection_for_mamqls_default_objective(expert):
     """The figure `mamql evaluate` reports, computed through the simulator on the tabular game, agrees

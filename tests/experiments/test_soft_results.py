@@ -1,0 +1,76 @@
+"""experiments.soft_results: cells trained by the real `mamql train`, scored by the real `mamql evaluate`
+(subprocesses, a tiny critic, a tiny dataset), then summary.csv, table.csv and summary.png from the
+cells' JSON alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mamql.experiments import soft_results as S
+from mamql.learner.demos import collect_demos, save_demos
+
+TINY = ("learner.network=mlp", "learner.hidden=[16]", "learner.seed_transitions=64", "learner.batch_size=32",
+        "learner.eval_every=3", "learner.eval_episodes=2", "actor.num_envs=2")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, S.Dataset]:
+    root = tmp_path_factory.mktemp("soft")
+    batch, meta = collect_demos("gems", 200, seed=0, num_envs=2)
+    save_demos(root / "demos.npz", batch, meta)
+    expert = [sys.executable, "-m", "mamql.cli", "train", "--env", "gems", "--algo", "soft-q", "--steps", "3",
+              "--run-name", "expert", "--no-progress", "--set", f"run.root={root / 'runs'}"]
+    for item in (*TINY, "learner.eval_every=0"):
+        expert += ["--set", item]
+    subprocess.run(expert, check=True, capture_output=True, timeout=300)
+    ckpt = next((root / "runs" / "expert" / "checkpoints").glob("learner_*.pt"))
+    return root, S.Dataset("gems", str(root / "demos.npz"), str(ckpt), 20.0, 6, TINY)
+
+
+def test_cells_then_summary(tiny, monkeypatch, capsys):
+    root, dataset = tiny
+    monkeypatch.setattr(S, "DATASETS", {"tiny": dataset})
+    out, runs = root / "out", root / "cells"
+    common = ["--dataset", "tiny", "--runs", str(runs), "--out", str(out), "--episodes", "2"]
+    assert S.main(["run", *common, "--seeds", "0", "1", "--algo", "bc", "--algo", "mamql"]) == 0
+    assert S.main(["run", *common, "--seeds", "0", "--algo", "iqlma"]) == 0
+    cells = sorted(p.name for p in out.glob("*.json"))
+    assert cells == ["tiny-bc-s0.json", "tiny-bc-s1.json", "tiny-iqlma-s0.json", "tiny-mamql-s0.json", "tiny-mamql-s1.json"]
+    iqlma = json.loads((out / "tiny-iqlma-s0.json").read_text())
+    assert iqlma["algo"] == "iqlma" and iqlma["step"] == 6
+    assert iqlma["reward_recovery_metric"]["method"] == "dard"
+    # the demos record no discount (scripted expert): the comparison uses the learner's, each critic its own
+    assert iqlma["reward_recovery_metric"]["gamma"] == pytest.approx(0.99)
+    assert iqlma["reward_recovery_yardsticks"]["bc_log_policy"]["checkpoint"]  # the same seed's BC run
+    assert "expert_implied" in iqlma["reward_recovery_yardsticks"] and "mean_pearson" in iqlma["reward_recovery_yardsticks"]["expert_implied"]
+    assert iqlma["cell"]["train_command"].startswith("mamql train --env gems") and "--seed 0" in iqlma["cell"]["train_command"]
+    curve = [json.loads(x) for x in (out / "curves" / "tiny-mamql-s1.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in curve] == [3, 6] and all("eval/sample/agent_0" in c for c in curve)
+
+    capsys.readouterr()
+    assert S.main(["run", *common, "--seeds", "0", "--algo", "bc"]) == 0  # a cell with a JSON is not run again
+    assert "done already" in capsys.readouterr().out
+
+    assert S.main(["summarize", "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 5
+    table = {(r["dataset"], r["algo"]): r for r in csv.DictReader((out / "table.csv").open())}
+    sampled = [np.mean(list(json.loads((out / f"tiny-mamql-s{s}.json").read_text())["sample"]["mean_return"].values()))
+               for s in (0, 1)]
+    assert float(table["tiny", "mamql"]["sampled_mean"]) == pytest.approx(np.mean(sampled), abs=1e-3)
+    assert float(table["tiny", "mamql"]["sampled_std"]) == pytest.approx(np.std(sampled, ddof=1), abs=1e-3)
+    assert table["tiny", "iqlma"]["sampled_std"] == ""  # one seed: no spread
+    assert (out / "summary.png").stat().st_size > 10_000
+
+
+def test_unknown_dataset_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        S.main(["run", "--dataset", "nope"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
