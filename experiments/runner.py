@@ -27,7 +27,7 @@ from mamql.config import Config, load_config
 SUMMARY_FIELDS = [
     "suite", "env", "demos", "algo", "seed", "updates", "env_steps", "wall_s",
     "greedy_return", "sampled_return", "expert_return", "random_return",
-    "reward_pearson", "reward_mse_affine", "reward_epic_pearson",
+    "reward_dard_pearson", "reward_pearson", "reward_mse_affine", "reward_epic_pearson",
 ]
 
 
@@ -61,22 +61,25 @@ def random_return(env: str, episodes: int) -> float:
     return float(np.mean(list(result["mean_return"].values())))
 
 
-def evaluate_run(run_dir: Path, demos_path: Path, episodes: int) -> dict[str, Any]:
-    """Greedy and sampled returns and reward recovery from the run's final learner checkpoint."""
+def evaluate_run(run_dir: Path, demos_path: Path, episodes: int, env: str, recovery_states: int = 128) -> dict[str, Any]:
+    """Greedy and sampled returns and reward recovery from the run's final learner checkpoint: the
+    shaping-invariant DARD figure of `mamql evaluate` ("dard": its reward_recovery* keys) and the raw
+    per-row fit on the demos ("recovery", secondary; its arrays go to recovery.npz for the plots)."""
     from mamql.learner.demos import load_demos
-    from mamql.learner.evaluate import evaluate, load_updater, reward_recovery
+    from mamql.learner.evaluate import evaluate, load_updater, recovery_report, reward_recovery
 
     updater, _ = load_updater(run_dir / "checkpoints" / "learner" / "latest.pt")
-    demos, _ = load_demos(demos_path)
+    demos, meta = load_demos(demos_path)
     greedy = evaluate(updater, episodes=episodes, mode="greedy")
     sampled = evaluate(updater, episodes=episodes, mode="sample")
+    dard = recovery_report(updater, env, {}, None, meta, states=recovery_states)
     recovery = reward_recovery(updater, demos, max_rows=4096, keep_rows=2000)
     arrays = {}
     for agent, result in recovery.items():  # arrays go to recovery.npz, figures to eval.json
         arrays[f"r_hat/{agent}"] = result.pop("r_hat")
         arrays[f"r_true/{agent}"] = result.pop("r_true")
     np.savez(run_dir / "recovery.npz", **arrays)
-    return {"step": updater.step, "greedy": greedy, "sampled": sampled, "recovery": recovery}
+    return {"step": updater.step, "greedy": greedy, "sampled": sampled, "dard": dard, "recovery": recovery}
 
 
 def status_totals(run_dir: Path) -> tuple[float, float]:
@@ -104,10 +107,15 @@ def summary_row(suite: Suite, env: str, demos: int, algo: str, seed: int, run_di
         "sampled_return": round(mean_over_agents(result["sampled"]), 3),
         "expert_return": round(baselines[key]["expert"], 3),
         "random_return": round(baselines[key]["random"], 3),
+        "reward_dard_pearson": _round4(result.get("dard", {}).get("reward_recovery_metric", {}).get("mean_pearson")),
         "reward_pearson": round(float(np.mean([r["raw"]["pearson"] for r in recovery.values()])), 4),
         "reward_mse_affine": round(float(np.mean([r["raw"]["mse"] for r in recovery.values()])), 4),
         "reward_epic_pearson": round(float(np.mean(epic)), 4) if epic else "",
     }
+
+
+def _round4(x: float | None) -> float | str:
+    return "" if x is None else round(float(x), 4)
 
 
 def run_suite(suite: Suite, out: Path, seeds: int | None = None, extra: list[str] | None = None,
@@ -139,7 +147,7 @@ def run_suite(suite: Suite, out: Path, seeds: int | None = None, extra: list[str
                     code = run_system(config, suite.actors, str(path), n, stop, status_every=2.0, quiet=True)
                     if code != 0:
                         raise RuntimeError(f"run {name} failed with exit code {code}; logs in {run_dir / 'logs'}")
-                    result = evaluate_run(run_dir, path, suite.eval_episodes)
+                    result = evaluate_run(run_dir, path, suite.eval_episodes, env)
                     result["wall_s"] = time.time() - started
                     eval_path.write_text(json.dumps(result, indent=1))
                 result = json.loads(eval_path.read_text())

@@ -60,7 +60,7 @@ def test_plot_results_writes_every_kind_of_png(tmp_path):
         fake_run(tmp_path, f"gems-1000-iqlma-s{seed}", 0.5)
         fake_run(tmp_path, f"gems-100-mamql-s{seed}", 0.2)
     (tmp_path / "baselines.json").write_text(json.dumps({"gems-1000": {"expert": 25.0, "random": 0.3}}))
-    rows = [dict(zip(SUMMARY_FIELDS, ["quick", "gems", n, algo, s, 10, 100, 1.0, r, r, 25, 0.3, 0.9, 0.1, 0.8]))
+    rows = [dict(zip(SUMMARY_FIELDS, ["quick", "gems", n, algo, s, 10, 100, 1.0, r, r, 25, 0.3, 0.5, 0.9, 0.1, 0.8]))
             for n, algo, r in [(1000, "mamql", 10.0), (100, "mamql", 5.0), (1000, "iqlma", 3.0), (100, "iqlma", 1.0)]
             for s in range(2)]
     write_summary(tmp_path / "summary.csv", rows)

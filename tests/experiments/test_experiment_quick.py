@@ -23,6 +23,7 @@ def test_quick_suite_learns_above_random_with_a_rising_curve(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (row,) = list(csv.DictReader((out / "summary.csv").open()))
     assert row["algo"] == "mamql" and int(row["updates"]) > 0
+    assert -1.0 <= float(row["reward_dard_pearson"]) <= 1.0  # the shaping-invariant figure of `mamql evaluate`
     random_return = float(row["random_return"])
     assert float(row["greedy_return"]) > random_return + 1.0, row
     steps, _, returns = read_curve(out / "runs" / "gems-20000-mamql-s0", smooth=1)
