@@ -9,8 +9,8 @@ default eval seed). Every cell writes, under docs/results/soft/:
     <dataset>-<algo>-s<seed>.json         the `mamql evaluate` JSON, plus the command and the settings
     curves/<dataset>-<algo>-s<seed>.jsonl the trainer's periodic evaluations (the learning curve)
 
-`summarize` regenerates summary.csv (one row per cell), table.csv (mean and spread per dataset and
-algo) and summary.png (returns, reward recovery, learning curves) from those files alone.
+`summarize` regenerates summary.csv (one row per cell), table.csv and table.md (mean and spread per
+dataset and algo) and summary.png (returns, reward recovery, learning curves) from those files alone.
 
     python -m mamql.experiments.soft_results run --dataset gems-20k --algo mamql --seeds 0 1 2
     python -m mamql.experiments.soft_results summarize
@@ -170,10 +170,14 @@ def _round(x: float | None) -> float | str:
     return "" if x is None else round(float(x), 4)
 
 
+def _dataset_order(name: str) -> tuple[int, str]:
+    return (list(DATASETS).index(name) if name in DATASETS else len(DATASETS), name)
+
+
 def table_rows(rows: list[dict]) -> list[dict]:
     """Mean and sample standard deviation over seeds per (dataset, algo)."""
     out = []
-    for key in sorted({(r["dataset"], r["algo"]) for r in rows}, key=lambda k: (k[0], ALGOS.index(k[1]))):
+    for key in sorted({(r["dataset"], r["algo"]) for r in rows}, key=lambda k: (_dataset_order(k[0]), ALGOS.index(k[1]))):
         group = [r for r in rows if (r["dataset"], r["algo"]) == key]
         row = {"dataset": key[0], "algo": key[1], "seeds": " ".join(str(r["seed"]) for r in group)}
         for field in ("greedy", "sampled", "reward_pearson", "expert_implied_pearson", "random_critic_pearson"):
@@ -198,7 +202,23 @@ def summarize(out: Path) -> list[Path]:
     _write_csv(out / "summary.csv", rows, SUMMARY_FIELDS)
     table = table_rows(rows)
     _write_csv(out / "table.csv", table, list(table[0]))
-    return [out / "summary.csv", out / "table.csv", plot(out, rows)]
+    (out / "table.md").write_text(markdown_table(table))
+    return [out / "summary.csv", out / "table.csv", out / "table.md", plot(out, rows)]
+
+
+def _pm(row: dict, field: str) -> str:
+    mean, std = row[f"{field}_mean"], row[f"{field}_std"]
+    return "–" if mean == "" else f"{mean:.2f}" + ("" if std == "" else f" ± {std:.2f}")
+
+
+def markdown_table(table: list[dict]) -> str:
+    """table.csv as the Markdown docs/results.md quotes: mean ± sample std over the seeds."""
+    lines = ["| dataset | algorithm | seeds | greedy | sampled | reward recovery (DARD) | expert-implied | random critic |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['dataset']} | {LABELS[r['algo']]} | {r['seeds']} | {_pm(r, 'greedy')} | {_pm(r, 'sampled')} | "
+                     f"{_pm(r, 'reward_pearson')} | {_pm(r, 'expert_implied_pearson')} | {_pm(r, 'random_critic_pearson')} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(out: Path, rows: list[dict]) -> Path:
@@ -207,7 +227,7 @@ def plot(out: Path, rows: list[dict]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = sorted({r["dataset"] for r in rows}, key=lambda d: list(DATASETS).index(d) if d in DATASETS else 99)
+    datasets = sorted({r["dataset"] for r in rows}, key=_dataset_order)
     fig, axes = plt.subplots(len(datasets), 3, figsize=(15, 4 * len(datasets)), squeeze=False)
     for ax_row, dataset in zip(axes, datasets):
         mine = [r for r in rows if r["dataset"] == dataset]
@@ -225,14 +245,14 @@ def plot(out: Path, rows: list[dict]) -> Path:
         ax_row[0].axhline(expert, color="k", ls="--", lw=1, label=f"soft expert, sampled ({expert})")
         ax_row[0].axhline(0.9 * expert, color="gray", ls=":", lw=1, label="90 % of it")
         ax_row[0].set_xticks(range(len(algos)), [LABELS[a] for a in algos])
-        ax_row[0].set_title(f"{dataset}: return per agent (bars: mean, dots: seeds)")
+        ax_row[0].set_title(f"{dataset}: return per agent (bars: mean, dots: seeds)", fontsize=9)
         ax_row[0].legend(fontsize=7)
         for name, style in (("expert_implied_pearson", "--"), ("random_critic_pearson", ":")):
             vals = [float(r[name]) for r in mine if r[name] != ""]
             if vals:
                 ax_row[1].axhline(np.mean(vals), color="k", ls=style, lw=1, label=name.replace("_pearson", ""))
         ax_row[1].set_xticks(range(len(algos)), [LABELS[a] for a in algos])
-        ax_row[1].set_title(f"{dataset}: reward recovery (DARD Pearson)")
+        ax_row[1].set_title(f"{dataset}: reward recovery (DARD Pearson)", fontsize=9)
         ax_row[1].legend(fontsize=7)
         for algo in algos:
             curves = []
@@ -248,7 +268,7 @@ def plot(out: Path, rows: list[dict]) -> Path:
             ax_row[2].fill_between(steps[:n], y.min(0), y.max(0), color=COLORS[algo], alpha=0.2)
         ax_row[2].axhline(expert, color="k", ls="--", lw=1)
         ax_row[2].set_xlabel("learner updates")
-        ax_row[2].set_title(f"{dataset}: sampled return during training (16 episodes; band: seeds' range)")
+        ax_row[2].set_title(f"{dataset}: sampled return while training (16 episodes; band: seeds)", fontsize=9)
         ax_row[2].legend(fontsize=7)
     fig.tight_layout()
     path = out / "summary.png"
@@ -266,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     run.add_argument("--runs", default="runs/soft-results", help="where the run directories go")
     run.add_argument("--episodes", type=int, default=64, help="evaluation episodes per mode")
-    summ = sub.add_parser("summarize", help="summary.csv, table.csv and summary.png from the cells' JSON")
+    summ = sub.add_parser("summarize", help="summary.csv, table.csv, table.md and summary.png from the cells' JSON")
     for p in (run, summ):
         p.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)

@@ -68,6 +68,8 @@ def test_cells_then_summary(tiny, monkeypatch, capsys):
     assert float(table["tiny", "mamql"]["sampled_std"]) == pytest.approx(np.std(sampled, ddof=1), abs=1e-3)
     assert table["tiny", "iqlma"]["sampled_std"] == ""  # one seed: no spread
     assert (out / "summary.png").stat().st_size > 10_000
+    md = (out / "table.md").read_text().splitlines()
+    assert len(md) == 2 + 3 and md[-1].startswith("| tiny | IQL-MA | 0 |")  # header, rule, one row per algo
 
 
 def test_unknown_dataset_is_refused(capsys):
