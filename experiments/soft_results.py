@@ -206,9 +206,9 @@ def summarize(out: Path) -> list[Path]:
     return [out / "summary.csv", out / "table.csv", out / "table.md", plot(out, rows)]
 
 
-def _pm(row: dict, field: str) -> str:
+def _pm(row: dict, field: str, digits: int = 2) -> str:
     mean, std = row[f"{field}_mean"], row[f"{field}_std"]
-    return "–" if mean == "" else f"{mean:.2f}" + ("" if std == "" else f" ± {std:.2f}")
+    return "–" if mean == "" else f"{mean:.{digits}f}" + ("" if std == "" else f" ± {std:.{digits}f}")
 
 
 def markdown_table(table: list[dict]) -> str:
@@ -217,7 +217,7 @@ def markdown_table(table: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['dataset']} | {LABELS[r['algo']]} | {r['seeds']} | {_pm(r, 'greedy')} | {_pm(r, 'sampled')} | "
-                     f"{_pm(r, 'reward_pearson')} | {_pm(r, 'expert_implied_pearson')} | {_pm(r, 'random_critic_pearson')} |")
+                     f"{_pm(r, 'reward_pearson', 3)} | {_pm(r, 'expert_implied_pearson', 3)} | {_pm(r, 'random_critic_pearson', 3)} |")
     return "\n".join(lines) + "\n"
 
 
