@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,9 +116,13 @@ def _train(args: argparse.Namespace) -> int:
 
         check_expert(config.env.name, "scripted")
     config, run_dir = make_run_dir(config, "train", resume=args.resume)
-    saved = run_dir / "demos.npz"
-    if args.demos:
-        pass  # loaded and checked above
+    saved, record = run_dir / "demos.npz", run_dir / "train.json"
+    recorded = _recorded_demos(record) if args.resume and not args.demos else None
+    if args.demos:  # loaded and checked above; recorded so that `evaluate --run` and --resume find them
+        record.write_text(json.dumps({"demos": str(Path(args.demos).resolve())}) + "\n")
+    elif recorded is not None:  # --resume of a run given --demos: the same demos
+        args.demos = str(recorded)
+        demos, meta = load_demos(recorded)
     elif saved.exists():  # --resume: the run's own demos
         demos, meta = load_demos(saved)
     else:
@@ -129,6 +134,15 @@ def _train(args: argparse.Namespace) -> int:
     return _run_trainer(args, config, run_dir, demos, meta, demos_path=str(Path(args.demos) if args.demos else saved))
 
 
+def _recorded_demos(record: Path) -> Path | None:
+    """The demos file a `mamql train --demos` run recorded in its train.json, when it still exists."""
+    try:
+        path = json.loads(record.read_text()).get("demos")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(path) if path and Path(path).exists() else None
+
+
 def _run_trainer(args: argparse.Namespace, config, run_dir, demos, meta=None, demos_path: str | None = None) -> int:
     """Train in `run_dir` and print the final JSON line (shared by the demo algos and soft-q)."""
     from mamql.learner.trainer import Trainer
@@ -136,7 +150,7 @@ def _run_trainer(args: argparse.Namespace, config, run_dir, demos, meta=None, de
     print(f"mamql train: run directory {run_dir}", file=sys.stderr)
     try:
         trainer = Trainer(config, demos, run_dir, resume=args.resume, progress=not args.no_progress, demos_meta=meta)
-    except FileNotFoundError as exc:  # --resume of a run without a checkpoint
+    except (FileNotFoundError, ValueError) as exc:  # --resume of a run without a checkpoint, or of another algo's
         print(f"mamql train: error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -196,6 +210,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         out["demos"] = str(demos_path)
         if expert is not None:
             out["expert_checkpoint"] = expert[1]
+    else:
+        out["reward_recovery_skipped"] = (f"no demos found with the run ({run_dir}): pass --demos PATH, the demos it "
+                                          "learned from, for reward recovery")
+        print(f"mamql evaluate: {out['reward_recovery_skipped']}", file=sys.stderr)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -113,14 +113,19 @@ def run_dir_of(checkpoint: str | Path) -> Path | None:
 
 def run_demos(run_dir: str | Path) -> Path | None:
     """The demos a run learned from: the file recorded in local.json (`mamql local` writes the path it
-    was given, or collected into), else the run's own demos.npz; None when there are none."""
+    was given, or collected into) or train.json (`mamql train --demos`), else the run's own demos.npz;
+    None when there are none."""
     run_dir = Path(run_dir)
-    try:
-        recorded = json.loads((run_dir / "local.json").read_text()).get("demos")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    for path in ([Path(recorded)] if recorded else []) + [run_dir / "demos.npz"]:
-        if path.is_file():
+    candidates = []
+    for record in ("local.json", "train.json"):
+        try:
+            recorded = json.loads((run_dir / record).read_text()).get("demos")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if recorded:
+            candidates.append(Path(recorded))
+    for path in candidates + [run_dir / "demos.npz"]:
+        if path.exists():  # a .npz file or a dataset directory
             return path
     return None
 

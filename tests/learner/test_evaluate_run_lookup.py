@@ -74,3 +74,48 @@ def test_cli_refuses_a_run_without_checkpoint_in_one_line(tmp_path):
     both = subprocess.run([sys.executable, "-m", "mamql.cli", "evaluate", "--run", "r", "--checkpoint", "c.pt"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_train_run_records_the_demos_it_was_given(tmp_path):
+    run = tmp_path / "runs" / "t"
+    (run / "checkpoints").mkdir(parents=True)
+    dataset = tmp_path / "data" / "set"  # a dataset directory, as `mamql collect` writes
+    dataset.mkdir(parents=True)
+    (run / "train.json").write_text(json.dumps({"demos": str(dataset)}))
+    assert run_demos(run) == dataset
+
+
+TINY = ["--set", "learner.network=mlp", "--set", "learner.hidden=[8]", "--set", "learner.seed_transitions=64",
+        "--set", "learner.batch_size=16", "--set", "learner.eval_every=0", "--set", "actor.num_envs=2"]
+
+
+def _cli(cwd, *argv):
+    return subprocess.run([sys.executable, "-m", "mamql.cli", *argv], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_evaluate_run_of_a_train_run_given_demos_and_says_when_it_has_none(tmp_path):
+    """`mamql train --demos FILE` (a relative path) records the file; `mamql evaluate --run` then scores
+    reward recovery on it; `--resume` trains on the same demos. With the file gone, evaluate says
+    why there is no reward recovery instead of leaving it out silently."""
+    from mamql.learner.demos import collect_demos, save_demos
+
+    batch, meta = collect_demos("gems", 120, seed=0, num_envs=2)
+    save_demos(tmp_path / "demos.npz", batch, meta)
+    train = ["train", "--env", "gems", "--demos", "demos.npz", "--algo", "bc", "--run-name", "r", "--no-progress", *TINY]
+    first = _cli(tmp_path, *train, "--steps", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = _cli(tmp_path, "train", "--run-name", "r", "--resume", "--steps", "4", "--no-progress", *TINY)
+    assert other.returncode == 2 and other.stderr.strip().splitlines()[-1].startswith(
+        "mamql train: error: checkpoint is for algo 'bc'")  # one line, no traceback
+    resumed = _cli(tmp_path, "train", "--run-name", "r", "--resume", "--steps", "4", "--algo", "bc", "--no-progress", *TINY)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "collecting" not in resumed.stderr and json.loads(resumed.stdout.splitlines()[-1])["demos"] == str(tmp_path / "demos.npz")
+    ev = _cli(tmp_path / "runs", "evaluate", "--run", "r", "--episodes", "1", "--recovery-states", "4")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    out = json.loads(ev.stdout)
+    assert out["step"] == 4 and out["demos"] == str(tmp_path / "demos.npz") and "reward_recovery" in out
+    (tmp_path / "demos.npz").unlink()
+    ev = _cli(tmp_path / "runs", "evaluate", "--run", "r", "--episodes", "1")
+    assert ev.returncode == 0 and "reward_recovery" not in json.loads(ev.stdout)
+    assert "no demos found with the run" in json.loads(ev.stdout)["reward_recovery_skipped"]
+    assert "pass --demos PATH" in ev.stderr
