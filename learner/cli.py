@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--gamma", type=float, default=None,
                        help="learner.gamma, the discount (warned about when the demos say they were made for another)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run --run-name from runs/<name>/checkpoints' newest")
+                       help="continue the run --run-name from runs/<name>/checkpoints' newest, with the run's own config "
+                            "(its config.yaml; --set and flags still apply) and the demos it was given")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     train.set_defaults(func=_train)
 
@@ -100,7 +101,12 @@ def _train(args: argparse.Namespace) -> int:
 
     from mamql.learner.demos import collect_demos, load_demos, save_demos
     from mamql.cli import config_from_args, make_run_dir
+    from mamql.config import load_config
 
+    if args.resume and args.run_name and not args.config:  # continue with the run's own config (its --set included)
+        saved = Path(load_config(None, args.overrides).run.root) / args.run_name / "config.yaml"
+        if saved.is_file():
+            args.config = str(saved)
     config = config_from_args(args, {"env": "env.name", "algo": "learner.algo", "steps": "learner.steps",
                                      "expert_transitions": "learner.expert_transitions", "run_name": "run.name",
                                      "seed": "run.seed", "gamma": "learner.gamma"})

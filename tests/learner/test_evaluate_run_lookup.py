@@ -95,7 +95,7 @@ def _cli(cwd, *argv):
 
 def test_evaluate_run_of_a_train_run_given_demos_and_says_when_it_has_none(tmp_path):
     """`mamql train --demos FILE` (a relative path) records the file; `mamql evaluate --run` then scores
-    reward recovery on it; `--resume` trains on the same demos. With the file gone, evaluate says
+    reward recovery on it; `--resume` continues with the run's own config on the same demos. With the file gone, evaluate says
     why there is no reward recovery instead of leaving it out silently."""
     from mamql.learner.demos import collect_demos, save_demos
 
@@ -104,10 +104,10 @@ def test_evaluate_run_of_a_train_run_given_demos_and_says_when_it_has_none(tmp_p
     train = ["train", "--env", "gems", "--demos", "demos.npz", "--algo", "bc", "--run-name", "r", "--no-progress", *TINY]
     first = _cli(tmp_path, *train, "--steps", "2")
     assert first.returncode == 0, first.stderr[-2000:]
-    other = _cli(tmp_path, "train", "--run-name", "r", "--resume", "--steps", "4", "--no-progress", *TINY)
+    other = _cli(tmp_path, "train", "--run-name", "r", "--resume", "--steps", "4", "--algo", "mamql", "--no-progress")
     assert other.returncode == 2 and other.stderr.strip().splitlines()[-1].startswith(
         "mamql train: error: checkpoint is for algo 'bc'")  # one line, no traceback
-    resumed = _cli(tmp_path, "train", "--run-name", "r", "--resume", "--steps", "4", "--algo", "bc", "--no-progress", *TINY)
+    resumed = _cli(tmp_path, "train", "--run-name", "r", "--resume", "--steps", "4", "--no-progress")  # the run's own config
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "collecting" not in resumed.stderr and json.loads(resumed.stdout.splitlines()[-1])["demos"] == str(tmp_path / "demos.npz")
     ev = _cli(tmp_path / "runs", "evaluate", "--run", "r", "--episodes", "1", "--recovery-states", "4")
