@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -102,6 +101,7 @@ def _train(args: argparse.Namespace) -> int:
     from mamql.learner.demos import collect_demos, load_demos, save_demos
     from mamql.cli import config_from_args, make_run_dir
     from mamql.config import load_config
+    from mamql.learner.evaluate import recorded_demos
 
     if args.resume and args.run_name and not args.config:  # continue with the run's own config (its --set included)
         saved = Path(load_config(None, args.overrides).run.root) / args.run_name / "config.yaml"
@@ -123,7 +123,9 @@ def _train(args: argparse.Namespace) -> int:
         check_expert(config.env.name, "scripted")
     config, run_dir = make_run_dir(config, "train", resume=args.resume)
     saved, record = run_dir / "demos.npz", run_dir / "train.json"
-    recorded = _recorded_demos(record) if args.resume and not args.demos else None
+    recorded = recorded_demos(record) if args.resume and not args.demos else None
+    if recorded is not None and not recorded.exists():
+        recorded = None
     if args.demos:  # loaded and checked above; recorded so that `evaluate --run` and --resume find them
         record.write_text(json.dumps({"demos": str(Path(args.demos).resolve())}) + "\n")
     elif recorded is not None:  # --resume of a run given --demos: the same demos
@@ -138,15 +140,6 @@ def _train(args: argparse.Namespace) -> int:
         save_demos(saved, demos, meta)
         print(f"expert: {json.dumps(meta['mean_return'])} mean return per agent -> {saved}", file=sys.stderr)
     return _run_trainer(args, config, run_dir, demos, meta, demos_path=str(Path(args.demos) if args.demos else saved))
-
-
-def _recorded_demos(record: Path) -> Path | None:
-    """The demos file a `mamql train --demos` run recorded in its train.json, when it still exists."""
-    try:
-        path = json.loads(record.read_text()).get("demos")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return Path(path) if path and Path(path).exists() else None
 
 
 def _run_trainer(args: argparse.Namespace, config, run_dir, demos, meta=None, demos_path: str | None = None) -> int:

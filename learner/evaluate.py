@@ -116,18 +116,20 @@ def run_demos(run_dir: str | Path) -> Path | None:
     was given, or collected into) or train.json (`mamql train --demos`), else the run's own demos.npz;
     None when there are none."""
     run_dir = Path(run_dir)
-    candidates = []
-    for record in ("local.json", "train.json"):
-        try:
-            recorded = json.loads((run_dir / record).read_text()).get("demos")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
-        if recorded:
-            candidates.append(Path(recorded))
-    for path in candidates + [run_dir / "demos.npz"]:
-        if path.exists():  # a .npz file or a dataset directory
+    for path in [recorded_demos(run_dir / "local.json"), recorded_demos(run_dir / "train.json"), run_dir / "demos.npz"]:
+        if path is not None and path.exists():  # a .npz file or a dataset directory
             return path
     return None
+
+
+def recorded_demos(record: Path) -> Path | None:
+    """The "demos" path a run record (local.json, train.json) names, whether or not it still exists;
+    None when the record is missing, unreadable or names none."""
+    try:
+        recorded = json.loads(record.read_text()).get("demos")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(recorded) if recorded else None
 
 
 def load_expert_updater(path: str | Path, env_name: str) -> tuple[Updater, dict]:
