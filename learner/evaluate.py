@@ -28,6 +28,7 @@ older Gems-only EPIC on demo rows) stays for training-time logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -328,6 +329,17 @@ RANDOM_CRITIC_SEED = 0  # the random-critic yardstick: one fixed initialisation 
 RECOVERY_METHODS = ("auto", "dard", "epic")
 
 
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """module.eval() for the block, then its training flag as it was."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def acting_q_function(updater: Any, agent: str):
     """agent's critic as reward_compare.QFunction: obs [B, ...] -> Q [B, A_i], as the agent acts
     (BoltzmannPolicy.action_values): a JointCritic by its marginal over its own action, a
@@ -338,15 +350,11 @@ def acting_q_function(updater: Any, agent: str):
 
     @torch.no_grad()
     def q_fn(obs: np.ndarray) -> np.ndarray:
-        was_training = critic.training
-        critic.eval()
-        try:
+        with _eval_mode(critic):
             q = critic(torch.as_tensor(np.asarray(obs), device=updater.device))
-            if isinstance(critic, JointCritic):
-                q = marginalize_joint_q(q, critic.num_actions_per_agent, critic.agent_index, updater.alpha)
-            return q.float().cpu().numpy()
-        finally:
-            critic.train(was_training)
+        if isinstance(critic, JointCritic):
+            q = marginalize_joint_q(q, critic.num_actions_per_agent, critic.agent_index, updater.alpha)
+        return q.float().cpu().numpy()
 
     return q_fn
 
@@ -360,14 +368,10 @@ def conditioned_q_function(updater: Any, agent: str):
 
     @torch.no_grad()
     def q_fn(obs: np.ndarray, others: np.ndarray) -> np.ndarray:
-        was_training = critic.training
-        critic.eval()
-        try:
+        with _eval_mode(critic):
             q = critic(torch.as_tensor(np.asarray(obs), device=updater.device),
                        torch.as_tensor(np.asarray(others), device=updater.device))
-            return q.float().cpu().numpy()
-        finally:
-            critic.train(was_training)
+        return q.float().cpu().numpy()
 
     q_fn.others_num_actions = tuple(n for j, n in enumerate(critic.num_actions_per_agent) if j != critic.agent_index)
     return q_fn
