@@ -76,3 +76,22 @@ def test_unknown_dataset_is_refused(capsys):
     with pytest.raises(SystemExit) as exc:
         S.main(["run", "--dataset", "nope"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_tune_keeps_the_curve_and_refuses_reported_seeds(tiny, monkeypatch):
+    root, dataset = tiny
+    monkeypatch.setattr(S, "DATASETS", {"tiny": dataset})
+    out = root / "tune-out"
+    common = ["--dataset", "tiny", "--algo", "mamql", "--runs", str(root / "tune-runs"), "--out", str(out)]
+    assert S.main(["tune", *common, "--seed", "5", "--name", "wd", "--set", "learner.weight_decay=1e-3"]) == 0
+    lines = [json.loads(x) for x in (out / "tuning-s5" / "tiny-mamql-wd.jsonl").read_text().splitlines()]
+    head = lines[0]
+    assert head["event"] == "tune" and head["overrides"] == ["learner.weight_decay=1e-3"]
+    assert "--seed 5" in head["train_command"] and "learner.weight_decay=1e-3" in head["train_command"]
+    evals = [r for r in lines[1:] if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == [3, 6]
+    final = np.mean([v for k, v in evals[-1].items() if k.startswith("eval/sample/")])
+    assert head["final_sampled"] == pytest.approx(final, abs=1e-3)
+    with pytest.raises(SystemExit, match="reported seed"):
+        S.main(["tune", *common, "--seed", "1", "--name", "x"])
+    assert not (out / "tuning-s1").exists()
