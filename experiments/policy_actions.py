@@ -1,0 +1,69 @@
+"""How often a policy takes each action, greedy and sampled.
+
+    python -m mamql.experiments.policy_actions CHECKPOINT [CHECKPOINT ...] [--env ENV] [--episodes 8]
+
+Prints one JSON line per checkpoint and mode: each agent's action frequencies over `episodes`
+parallel copies stepped for the env's horizon (seeds seed .. seed+episodes-1), and the share of its
+most frequent action. Why: a greedy return of 0 does not say whether the policy wanders or ignores
+the state; a top share of 1.0 means argmax_a Q(s, a) is the same action in every state visited,
+i.e. a per-action offset in the critic outweighs everything the state adds (docs/results.md, kitchen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+DEFAULT_SEED = 2_026_113
+
+
+def action_frequencies(policy: Any, env_name: str, episodes: int = 8, seed: int = DEFAULT_SEED) -> dict[str, dict]:
+    """{agent: {"frequencies": [...], "top_action": a, "top_share": f, "steps": n}} for `policy`
+    (anything with act(obs) -> {agent: actions}) over `episodes` copies of `env_name`."""
+    from mamql.envs.registry import env_spec
+    from mamql.envs.vector import VectorEnv
+
+    spec = env_spec(env_name)
+    counts = {a: np.zeros(int(spec.num_actions[a]), dtype=np.int64) for a in spec.agents}
+    env = VectorEnv(env_name, episodes, seed=seed)
+    try:
+        obs = env.reset()
+        for _ in range(int(spec.max_steps)):
+            actions = policy.act(obs)
+            for agent, acts in actions.items():
+                np.add.at(counts[agent], np.asarray(acts, dtype=np.int64), 1)
+            obs = env.step(actions).obs
+    finally:
+        env.close()
+    out = {}
+    for agent, c in counts.items():
+        freq = c / max(int(c.sum()), 1)
+        out[agent] = {"frequencies": [round(float(f), 4) for f in freq], "top_action": int(freq.argmax()),
+                      "top_share": round(float(freq.max()), 4), "steps": int(c.sum())}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mamql.learner.evaluate import load_updater, policy_from
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT")
+    parser.add_argument("--env", help="default: the env the checkpoint was trained on")
+    parser.add_argument("--episodes", type=int, default=8, help="parallel env copies (default 8)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="first copy's env seed, and the sampling seed")
+    args = parser.parse_args(argv)
+    for path in args.checkpoints:
+        updater = load_updater(path)[0]
+        env_name = args.env or updater.spec.name
+        for mode in ("greedy", "sample"):
+            agents = action_frequencies(policy_from(updater, mode=mode, seed=args.seed), env_name, args.episodes, args.seed)
+            print(json.dumps({"checkpoint": path, "algo": updater.algo, "env": env_name, "mode": mode,
+                              "episodes": args.episodes, "seed": args.seed, "agents": agents}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
