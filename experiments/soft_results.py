@@ -190,7 +190,8 @@ def _yard(result: dict, name: str) -> float | None:
 
 
 SUMMARY_FIELDS = ["dataset", "algo", "seed", "updates", "greedy", "sampled", "expert_sampled", "reward_pearson",
-                  "expert_implied_pearson", "bc_log_policy_pearson", "random_critic_pearson", "train_wall_s", "json"]
+                  "expert_implied_pearson", "bc_log_policy_pearson", "random_critic_pearson", "sampled_per_agent",
+                  "train_wall_s", "json"]
 
 
 def summary_rows(out: Path) -> list[dict]:
@@ -205,6 +206,7 @@ def summary_rows(out: Path) -> list[dict]:
                      "expert_implied_pearson": _round(_yard(r, "expert_implied")),
                      "bc_log_policy_pearson": _round(_yard(r, "bc_log_policy")),
                      "random_critic_pearson": _round(_yard(r, "random_critic")),
+                     "sampled_per_agent": " ".join(f"{a}={v:.3f}" for a, v in r["sample"]["mean_return"].items()),
                      "train_wall_s": c["train_wall_s"], "json": path.name})
     return rows
 
@@ -227,6 +229,14 @@ def table_rows(rows: list[dict]) -> list[dict]:
             vals = np.array([float(r[field]) for r in group if r[field] != ""])
             row[f"{field}_mean"] = round(float(vals.mean()), 3) if len(vals) else ""
             row[f"{field}_std"] = round(float(vals.std(ddof=1)), 3) if len(vals) > 1 else ""
+        per_agent: dict[str, list[float]] = {}
+        for r in group:
+            for item in r["sampled_per_agent"].split():
+                agent, value = item.split("=")
+                per_agent.setdefault(agent, []).append(float(value))
+        # each agent's own sampled return: where agents' rewards differ in kind (MPE's adversary and
+        # good agents) their mean is no figure to compare with anything
+        row["sampled_per_agent_mean"] = " ".join(f"{a}={np.mean(v):.2f}" for a, v in per_agent.items())
         out.append(row)
     return out
 
@@ -286,7 +296,8 @@ def plot(out: Path, rows: list[dict]) -> Path:
             ax_row[1].scatter([i] * len(vals), vals, color="k", s=10, zorder=3)
         expert = mine[0]["expert_sampled"]
         ax_row[0].axhline(expert, color="k", ls="--", lw=1, label=f"soft expert, sampled ({expert})")
-        ax_row[0].axhline(0.9 * expert, color="gray", ls=":", lw=1, label="90 % of it")
+        if expert > 0:  # a share of a negative return (MPE's mean over adversary and good agents) means nothing
+            ax_row[0].axhline(0.9 * expert, color="gray", ls=":", lw=1, label="90 % of it")
         ax_row[0].set_xticks(range(len(algos)), [LABELS[a] for a in algos])
         ax_row[0].set_title(f"{dataset}: return per agent (bars: mean, dots: seeds)", fontsize=9)
         ax_row[0].legend(fontsize=7)

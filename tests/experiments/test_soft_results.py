@@ -67,6 +67,10 @@ def test_cells_then_summary(tiny, monkeypatch, capsys):
     assert float(table["tiny", "mamql"]["sampled_mean"]) == pytest.approx(np.mean(sampled), abs=1e-3)
     assert float(table["tiny", "mamql"]["sampled_std"]) == pytest.approx(np.std(sampled, ddof=1), abs=1e-3)
     assert table["tiny", "iqlma"]["sampled_std"] == ""  # one seed: no spread
+    agent0 = np.mean([json.loads((out / f"tiny-mamql-s{s}.json").read_text())["sample"]["mean_return"]["agent_0"]
+                      for s in (0, 1)])
+    per_agent = dict(x.split("=") for x in table["tiny", "mamql"]["sampled_per_agent_mean"].split())
+    assert set(per_agent) == {"agent_0", "agent_1"} and float(per_agent["agent_0"]) == pytest.approx(agent0, abs=0.01)
     assert (out / "summary.png").stat().st_size > 10_000
     md = (out / "table.md").read_text().splitlines()
     assert len(md) == 2 + 3 and md[-1].startswith("| tiny | IQL-MA | 0 |")  # header, rule, one row per algo
