@@ -8,11 +8,13 @@ default eval seed). Every cell writes, under docs/results/soft/:
 
     <dataset>-<algo>-s<seed>.json         the `mamql evaluate` JSON, plus the command and the settings
     curves/<dataset>-<algo>-s<seed>.jsonl the trainer's periodic evaluations (the learning curve)
+    experts/<dataset>.json                the dataset's soft expert on the same evaluation episodes
 
 `summarize` regenerates summary.csv (one row per cell), table.csv and table.md (mean and spread per
 dataset and algo) and summary.png (returns, reward recovery, learning curves) from those files alone.
 
     python -m mamql.experiments.soft_results run --dataset gems-20k --algo mamql --seeds 0 1 2
+    python -m mamql.experiments.soft_results expert --dataset gems-20k   # the expert on the same episodes
     python -m mamql.experiments.soft_results summarize
     python -m mamql.experiments.soft_results tune --dataset gems-20k --algo mamql --name aug --set learner.augment=symmetry
 
@@ -180,6 +182,21 @@ def tune(dataset: str, algo: str, seed: int, name: str, extra: tuple[str, ...], 
     return head
 
 
+def evaluate_expert(dataset: str, out: Path, episodes: int) -> Path:
+    """The dataset's soft expert on the reported evaluation episodes (REPORT_EVAL_SEED), so that
+    the cells' returns have the expert's on the same episodes beside them: experts/<dataset>.json."""
+    d = DATASETS[dataset]
+    cmd = _mamql("evaluate", "--checkpoint", d.expert_checkpoint, "--episodes", str(episodes),
+                 "--seed", str(REPORT_EVAL_SEED))
+    result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    result["command"] = "mamql " + shlex.join(cmd[3:])
+    path = out / "experts" / f"{dataset}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{dataset} expert: greedy {_mean(result['greedy']):.2f} sampled {_mean(result['sample']):.2f} -> {path}")
+    return path
+
+
 def _mean(returns: dict) -> float:
     """Mean over agents of a `mamql evaluate` mode's mean_return."""
     return float(np.mean(list(returns["mean_return"].values())))
@@ -294,8 +311,11 @@ def plot(out: Path, rows: list[dict]) -> Path:
             vals = [float(r["reward_pearson"]) for r in mine if r["algo"] == algo and r["reward_pearson"] != ""]
             ax_row[1].bar(i, np.mean(vals) if vals else 0, 0.6, color=COLORS[algo])
             ax_row[1].scatter([i] * len(vals), vals, color="k", s=10, zorder=3)
-        expert = mine[0]["expert_sampled"]
-        ax_row[0].axhline(expert, color="k", ls="--", lw=1, label=f"soft expert, sampled ({expert})")
+        expert_file = out / "experts" / f"{dataset}.json"
+        expert = (round(_mean(json.loads(expert_file.read_text())["sample"]), 2) if expert_file.exists()
+                  else mine[0]["expert_sampled"])
+        ax_row[0].axhline(expert, color="k", ls="--", lw=1, label=f"soft expert, sampled ({expert}"
+                          + (", same episodes)" if expert_file.exists() else ")"))
         if expert > 0:  # a share of a negative return (MPE's mean over adversary and good agents) means nothing
             ax_row[0].axhline(0.9 * expert, color="gray", ls=":", lw=1, label="90 % of it")
         ax_row[0].set_xticks(range(len(algos)), [LABELS[a] for a in algos])
@@ -340,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     run.add_argument("--runs", default="runs/soft-results", help="where the run directories go")
     run.add_argument("--episodes", type=int, default=64, help="evaluation episodes per mode")
+    exp = sub.add_parser("expert", help="the dataset's soft expert on the reported evaluation episodes")
+    exp.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    exp.add_argument("--episodes", type=int, default=64, help="evaluation episodes per mode")
     tun = sub.add_parser("tune", help="one settings trial on a non-reported seed (its curve under tuning-s<seed>/)")
     tun.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     tun.add_argument("--algo", required=True, choices=ALGOS)
@@ -349,11 +372,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="repeatable; on top of the dataset's settings")
     tun.add_argument("--runs", default="runs/soft-tuning")
     summ = sub.add_parser("summarize", help="summary.csv, table.csv, table.md and summary.png from the cells' JSON")
-    for p in (run, tun, summ):
+    for p in (run, exp, tun, summ):
         p.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.command == "expert":
+        evaluate_expert(args.dataset, out, args.episodes)
+        return 0
     if args.command == "tune":
         tune(args.dataset, args.algo, args.seed, args.name, tuple(args.overrides), Path(args.runs), out)
         return 0

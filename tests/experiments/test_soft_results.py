@@ -58,6 +58,11 @@ def test_cells_then_summary(tiny, monkeypatch, capsys):
     assert S.main(["run", *common, "--seeds", "0", "--algo", "bc"]) == 0  # a cell with a JSON is not run again
     assert "done already" in capsys.readouterr().out
 
+    assert S.main(["expert", "--dataset", "tiny", "--out", str(out), "--episodes", "2"]) == 0
+    expert = json.loads((out / "experts" / "tiny.json").read_text())
+    assert expert["algo"] == "soft-q" and expert["sample"]["episodes"] == 2
+    assert f"--seed {S.REPORT_EVAL_SEED}" in expert["command"]  # the cells' evaluation episodes
+
     assert S.main(["summarize", "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 5
