@@ -306,9 +306,16 @@ def references(run_dirs: list[Path], expert: float | None = None, random: float 
 def read_evals(run_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Eval records of a `mamql train` run (metrics.jsonl "event": "eval"): updates, and per mode
     ("greedy", "sample") the mean return per agent."""
+    return read_eval_records(run_dir / "metrics.jsonl")
+
+
+def read_eval_records(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """read_evals of any JSONL holding a trainer's records (metrics.jsonl, or a copy of its eval lines)."""
     steps, modes = [], {"greedy": [], "sample": []}
-    with open(run_dir / "metrics.jsonl") as f:
+    with open(path) as f:
         for line in f:
+            if not line.strip():
+                continue
             rec = json.loads(line)
             if rec.get("event") != "eval":
                 continue

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mamql.experiments.plots import read_eval_records, read_evals
+
 OUT = Path("docs/results/soft")
 REPORT_EVAL_SEED = 2_026_113  # the reported evaluation episodes; settings were chosen on other ones
 ALGOS = ("bc", "mamql", "iqlma")
@@ -146,9 +148,8 @@ def run_cell(dataset: str, algo: str, seed: int, runs: Path, out: Path, episodes
                       "train_wall_s": round(trained - started, 1), "evaluate_wall_s": round(time.time() - trained, 1),
                       "expert_sampled": DATASETS[dataset].expert_sampled}
     (out / "curves").mkdir(parents=True, exist_ok=True)
-    curve = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     (out / "curves" / f"{name}.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in curve if r.get("event") == "eval"))
+        "".join(json.dumps(r) + "\n" for r in _metrics_records(run_dir) if r.get("event") == "eval"))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(path)
@@ -168,13 +169,12 @@ def tune(dataset: str, algo: str, seed: int, name: str, extra: tuple[str, ...], 
     print(f"{run_name}: {shlex.join(cmd[2:])}", flush=True)
     started = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    records = [json.loads(x) for x in (runs / run_name / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    evals = [r for r in records if r.get("event") == "eval"]
-    sampled = [float(np.mean([v for k, v in r.items() if k.startswith("eval/sample/")])) for r in evals]
+    records = _metrics_records(runs / run_name)
+    sampled = read_evals(runs / run_name)[1]["sample"]
     head = {"event": "tune", "dataset": dataset, "algo": algo, "seed": seed, "name": name, "overrides": list(extra),
             "train_command": "mamql " + shlex.join(cmd[3:]), "train_wall_s": round(time.time() - started, 1),
-            "final_sampled": round(sampled[-1], 3) if sampled else None,
-            "last4_sampled_mean": round(float(np.mean(sampled[-4:])), 3) if sampled else None}
+            "final_sampled": round(float(sampled[-1]), 3) if len(sampled) else None,
+            "last4_sampled_mean": round(float(np.mean(sampled[-4:])), 3) if len(sampled) else None}
     path = out / f"tuning-s{seed}" / f"{dataset}-{algo}-{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in (head, *records)))
@@ -195,6 +195,11 @@ def evaluate_expert(dataset: str, out: Path, episodes: int) -> Path:
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{dataset} expert: greedy {_mean(result['greedy']):.2f} sampled {_mean(result['sample']):.2f} -> {path}")
     return path
+
+
+def _metrics_records(run_dir: Path) -> list[dict]:
+    """Every record of a `mamql train` run's metrics.jsonl."""
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
 def _mean(returns: dict) -> float:
@@ -312,10 +317,11 @@ def plot(out: Path, rows: list[dict]) -> Path:
             ax_row[1].bar(i, np.mean(vals) if vals else 0, 0.6, color=COLORS[algo])
             ax_row[1].scatter([i] * len(vals), vals, color="k", s=10, zorder=3)
         expert_file = out / "experts" / f"{dataset}.json"
-        expert = (round(_mean(json.loads(expert_file.read_text())["sample"]), 2) if expert_file.exists()
+        same_episodes = expert_file.exists()
+        expert = (round(_mean(json.loads(expert_file.read_text())["sample"]), 2) if same_episodes
                   else mine[0]["expert_sampled"])
         ax_row[0].axhline(expert, color="k", ls="--", lw=1, label=f"soft expert, sampled ({expert}"
-                          + (", same episodes)" if expert_file.exists() else ")"))
+                          + (", same episodes)" if same_episodes else ")"))
         if expert > 0:  # a share of a negative return (MPE's mean over adversary and good agents) means nothing
             ax_row[0].axhline(0.9 * expert, color="gray", ls=":", lw=1, label="90 % of it")
         ax_row[0].set_xticks(range(len(algos)), [LABELS[a] for a in algos])
@@ -333,9 +339,8 @@ def plot(out: Path, rows: list[dict]) -> Path:
             for r in mine:
                 if r["algo"] != algo:
                     continue
-                lines = [json.loads(x) for x in (out / "curves" / r["json"].replace(".json", ".jsonl")).read_text().splitlines()]
-                steps = [x["step"] for x in lines]
-                curves.append([np.mean([v for k, v in x.items() if k.startswith("eval/sample/")]) for x in lines])
+                steps, modes = read_eval_records(out / "curves" / r["json"].replace(".json", ".jsonl"))
+                curves.append(modes["sample"])
             n = min(len(c) for c in curves)
             y = np.array([c[:n] for c in curves])
             ax_row[2].plot(steps[:n], y.mean(0), color=COLORS[algo], label=LABELS[algo])
