@@ -70,3 +70,11 @@ def augment_batch(batch: dict[str, Tensor], agents: list[str], perms: Tensor, ch
     for a in agents:
         out[f"action/{a}"] = perms[choice, batch[f"action/{a}"].long()]
     return out
+
+
+def permute_action_probs(probs: Tensor, perms: Tensor, choice: Tensor) -> Tensor:
+    """Action distributions [B, A] carried through the same maps as augment_batch's actions: row b's
+    probability of action a moves to action perms[choice[b], a]."""
+    out = probs.new_empty(probs.shape)
+    out.scatter_(-1, perms[choice].long(), probs)
+    return out

@@ -103,7 +103,9 @@ def train_command(dataset: str, algo: str, seed: int, runs: Path, extra: tuple[s
                   run_name: str | None = None) -> list[str]:
     d = DATASETS[dataset]
     sets = [x for o in (*SHARED, *d.overrides, *extra) for x in ("--set", o)]
-    return _mamql("train", "--env", d.env, "--demos", d.demos, "--algo", algo, "--steps", str(d.steps),
+    # `mamql train --steps` wins over `--set learner.steps=`, so a trial's steps override goes into --steps
+    steps = next((o.split("=", 1)[1] for o in reversed(extra) if o.startswith("learner.steps=")), str(d.steps))
+    return _mamql("train", "--env", d.env, "--demos", d.demos, "--algo", algo, "--steps", steps,
                   "--seed", str(seed), "--run-name", run_name or cell_name(dataset, algo, seed), "--no-progress",
                   *sets, "--set", f"run.root={runs}")
 
@@ -116,13 +118,17 @@ def final_checkpoint(runs: Path, dataset: str, algo: str, seed: int) -> Path:
 
 
 def evaluate_command(dataset: str, algo: str, seed: int, runs: Path, episodes: int) -> list[str]:
+    bc = None if algo == "bc" else final_checkpoint(runs, dataset, "bc", seed)
+    return evaluate_checkpoint_command(final_checkpoint(runs, dataset, algo, seed), dataset, episodes, bc)
+
+
+def evaluate_checkpoint_command(checkpoint: Path, dataset: str, episodes: int, bc_checkpoint: Path | None = None) -> list[str]:
+    """`mamql evaluate` of a checkpoint as the cells are scored: REPORT_EVAL_SEED's episodes, reward
+    recovery on the dataset's demos with its expert (and a BC checkpoint, if given) as yardsticks."""
     d = DATASETS[dataset]
-    cmd = _mamql("evaluate", "--checkpoint", str(final_checkpoint(runs, dataset, algo, seed)), "--demos", d.demos,
-                 "--episodes", str(episodes), "--seed", str(REPORT_EVAL_SEED),
-                 "--expert-checkpoint", d.expert_checkpoint)
-    if algo != "bc":
-        cmd += ["--bc-checkpoint", str(final_checkpoint(runs, dataset, "bc", seed))]
-    return cmd
+    cmd = _mamql("evaluate", "--checkpoint", str(checkpoint), "--demos", d.demos, "--episodes", str(episodes),
+                 "--seed", str(REPORT_EVAL_SEED), "--expert-checkpoint", d.expert_checkpoint)
+    return cmd + (["--bc-checkpoint", str(bc_checkpoint)] if bc_checkpoint else [])
 
 
 def run_cell(dataset: str, algo: str, seed: int, runs: Path, out: Path, episodes: int) -> Path:

@@ -228,6 +228,12 @@ def bc_loss(logits: Tensor, actions: Tensor) -> Tensor:
     return F.cross_entropy(logits, actions.long())
 
 
+def distill_loss(logits: Tensor, probs: Tensor) -> Tensor:
+    """Behaviour cloning from a teacher's action probabilities instead of its sampled actions: the
+    cross-entropy -sum_a p(a|s) log softmax(logits)(a), averaged over rows; bc_loss when p is one-hot."""
+    return -(probs * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
 def joint_action_index(actions_per_agent: Tensor | Sequence[Tensor], num_actions_per_agent: Sequence[int]) -> Tensor:
     """Flat index of the joint action, row-major with the FIRST agent most significant (as
     numpy.ravel_multi_index). actions: [N, n_agents] or a sequence of n_agents [N] tensors."""

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from mamql.envs.gems import MOVES, gems_move
-from mamql.envs.symmetry import TRANSFORMS, action_permutations, augment_batch, env_symmetries, transform_obs
+from mamql.envs.symmetry import (
+    TRANSFORMS,
+    action_permutations,
+    augment_batch,
+    env_symmetries,
+    permute_action_probs,
+    transform_obs,
+)
 from mamql.learner.demos import collect_demos
 
 AGENTS = ["agent_0", "agent_1"]
@@ -42,3 +49,19 @@ def test_transformed_expert_moves_match_transformed_next_positions(t):
     assert torch.equal(out["reward/agent_0"], batch["reward/agent_0"])
     if t:  # a non-identity transform really moves things
         assert not torch.equal(out["obs/agent_0"], batch["obs/agent_0"])
+
+
+def test_action_probs_follow_the_actions_map():
+    """A distribution moved by permute_action_probs puts each action's mass where augment_batch sends
+    that action: one-hots go exactly where the actions go, and mass is kept."""
+    perms = torch.as_tensor(action_permutations(MOVES))
+    actions = torch.arange(5).repeat(8)
+    choice = torch.arange(8).repeat_interleave(5)
+    moved = permute_action_probs(torch.nn.functional.one_hot(actions, 5).float(), perms, choice)
+    assert torch.equal(moved.argmax(-1), perms[choice, actions])
+    probs = torch.softmax(torch.randn(40, 5), -1)
+    out = permute_action_probs(probs, perms, choice)
+    assert torch.allclose(out.sum(-1), torch.ones(40))
+    for b in range(40):
+        for a in range(5):
+            assert out[b, perms[choice[b], a]] == probs[b, a]

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mamql.learner.losses import (
     affine_fit_metrics,
     bc_loss,
+    distill_loss,
     boltzmann_log_probs,
     boltzmann_probs,
     implied_reward,
@@ -173,6 +174,15 @@ def test_bc_loss_matches_cross_entropy():
     logits = torch.randn(7, 5)
     actions = torch.randint(0, 5, (7,))
     assert torch.allclose(bc_loss(logits, actions), F.cross_entropy(logits, actions))
+
+
+def test_distill_loss_by_hand_and_one_hot_is_bc():
+    logits = torch.tensor([[0.0, L3]])  # softmax = (1/4, 3/4)
+    probs = torch.tensor([[0.5, 0.5]])
+    assert float(distill_loss(logits, probs)) == pytest.approx(-0.5 * math.log(0.25) - 0.5 * math.log(0.75))
+    logits = torch.randn(7, 5)
+    actions = torch.randint(0, 5, (7,))
+    assert torch.allclose(distill_loss(logits, F.one_hot(actions, 5).float()), bc_loss(logits, actions))
 
 
 def test_joint_action_index_round_trip():
