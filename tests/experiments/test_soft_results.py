@@ -104,3 +104,11 @@ def test_tune_keeps_the_curve_and_refuses_reported_seeds(tiny, monkeypatch):
     with pytest.raises(SystemExit, match="reported seed"):
         S.main(["tune", *common, "--seed", "1", "--name", "x"])
     assert not (out / "tuning-s1").exists()
+
+
+def test_a_trial_steps_override_reaches_mamql_train():
+    """`mamql train --steps` wins over `--set learner.steps=`, so tune's override must become --steps."""
+    cmd = S.train_command("gems-20k-aug", "mamql", 11, Path("runs"), ("learner.steps=8000",))
+    assert cmd[cmd.index("--steps") + 1] == "8000"
+    cmd = S.train_command("gems-20k-aug", "mamql", 11, Path("runs"))
+    assert cmd[cmd.index("--steps") + 1] == str(S.DATASETS["gems-20k-aug"].steps)
