@@ -111,7 +111,7 @@ def fit(demos_key: str, targets: str, seed: int, episodes: int, runs: Path, prog
         updater.step = step
         if step % CURVE_EVERY == 0:  # the learning curve, on the trainer's default eval episodes
             sampled = run_episodes(policy_from(updater, "sample"), spec.name, CURVE_EPISODES)["mean_return"]
-            curve.append({"step": step, "sample": float(np.mean(list(sampled.values()))), "loss": float(loss)})
+            curve.append({"step": step, "sample": float(np.mean(list(sampled.values()))), "loss": float(loss.detach())})
             progress(f"{demos_key}-{targets}-s{seed}: step {step} sampled {curve[-1]['sample']:.2f} "
                      f"({time.time() - started:.0f}s)")
     train_wall = time.time() - started

@@ -23,8 +23,11 @@ The game is also a PettingZoo env (TabularGameEnv, with get_state/set_state) so 
 simulator-based reward comparison `mamql evaluate` reports (learner.reward_compare, DARD) runs on it
 unchanged; `metric` in the output holds, per expert and objective, that sampled figure next to the
 exact partial correlation it has to agree with (tests/learner/test_reward_compare.py pins it).
-Prints one JSON line; `python -m mamql.experiments.tabular_recovery [--seeds 3] [--only recovery|metric]`
-takes a few minutes for the chi^2 table and about 13 for `metric` on 2 busy cores.
+`versus` sets MAMQL's marginal critic against IQL-MA's in the reference form (fit_iqlma_critic: the
+partner's action as an input, on expert rows only) on the same soft expert's rows, with exact figures:
+how close each acting policy is to the expert (KL), its return, and the reward it implies.
+Prints one JSON line; `python -m mamql.experiments.tabular_recovery [--seeds 3] [--only recovery|metric|versus]`
+takes a few minutes for the chi^2 table, about 13 for `metric` and 7 for `versus` on 2 busy cores.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from mamql.learner.losses import boltzmann_probs, mamql_loss, shaping_projected_correlation, soft_value
+from mamql.learner.losses import boltzmann_probs, iqlma_loss, mamql_loss, shaping_projected_correlation, soft_value
 
 STATES, ACTIONS, PARTNER_ACTIONS, GAMMA = 8, 4, 3, 0.9
 AGENTS = ("agent_0", "agent_1")  # agent_1 is the fixed partner
@@ -140,12 +143,13 @@ def _draw(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
 
 
 def expert_rows(game: MarginalGame, policy: np.ndarray, rows: int, seed: int) -> dict[str, torch.Tensor]:
-    """(s, a_0, s') with s uniform, a_0 ~ the expert, the partner's a_1 ~ its policy, s' ~ the joint dynamics."""
+    """(s, a_0, s', and b = a_1) with s uniform, a_0 ~ the expert, the partner's a_1 ~ its policy, s' ~ the
+    joint dynamics."""
     rng = np.random.default_rng(seed)
     s = rng.integers(0, STATES, rows)
     a0, a1 = _draw(rng, policy[s]), _draw(rng, game.partner_policy[s])
     s2 = _draw(rng, game.joint_transition[s, a0, a1])
-    return {"s": torch.as_tensor(s), "a": torch.as_tensor(a0), "s2": torch.as_tensor(s2)}
+    return {"s": torch.as_tensor(s), "a": torch.as_tensor(a0), "s2": torch.as_tensor(s2), "b": torch.as_tensor(a1)}
 
 
 def fit_critic(rows: dict[str, torch.Tensor], alpha: float, chi2_alpha: float | None, steps: int,
@@ -192,6 +196,64 @@ def fit_critic(rows: dict[str, torch.Tensor], alpha: float, chi2_alpha: float | 
         loss.backward()
         opt.step()
     return table.detach()
+
+
+def fit_iqlma_critic(rows: dict[str, torch.Tensor], alpha: float, chi2_alpha: float | None,
+                     steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """IQL-MA's critic of agent 0 in the reference form, on tables: Q(s, a_1, .) = W[s] + U[a_1], what
+    the system's ConditionedCritic is with `network: linear` (the partner's one-hot adds its own row;
+    acting leaves it out: Q = W[s]), fitted to learner.losses.iqlma_loss on the expert rows with the
+    partner's action of the row plugged in at s' too, as the reference does. Returns (W [S, A], U [B, A])."""
+    w = torch.nn.Parameter(torch.zeros(STATES, ACTIONS, dtype=torch.float64))
+    u = torch.nn.Parameter(torch.zeros(PARTNER_ACTIONS, ACTIONS, dtype=torch.float64))
+    opt = torch.optim.Adam([w, u], lr=0.05)
+    s, a, s2, b = rows["s"], rows["a"], rows["s2"], rows["b"]
+    done = torch.zeros(len(s), dtype=torch.float64)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss, _ = iqlma_loss(w[s] + u[b], w[s2] + u[b], a, done, gamma=GAMMA, alpha=alpha, chi2_alpha=chi2_alpha)
+        loss.backward()
+        opt.step()
+    return w.detach(), u.detach()
+
+
+def iqlma_marginal_reward(game: MarginalGame, w: np.ndarray, u: np.ndarray, alpha: float) -> np.ndarray:
+    """[S, A0]: the reward IQL-MA's critic implies, r(s, a_0, a_1) = Q(s, a_1, a_0) - gamma E[V(s', a_1')]
+    with the partner's next action drawn from its policy (as `mamql evaluate` reads it), averaged over
+    the partner's action at s: comparable with the marginal game's reward."""
+    q = w[:, None, :] + u[None, :, :]  # [S, B, A0]
+    v = np.einsum("sb,sb->s", game.partner_policy, soft_value(torch.from_numpy(q), alpha).numpy())
+    return np.einsum("sb,sba->sa", game.partner_policy, q) - GAMMA * game.transition @ v
+
+
+def policy_value(game: MarginalGame, policy: np.ndarray) -> float:
+    """Agent 0's expected discounted return under `policy` [S, A0] in the marginal game, from a uniform
+    start state (exact: (I - gamma P_pi)^-1 r_pi)."""
+    p_pi = np.einsum("sa,sat->st", policy, game.transition)
+    r_pi = np.einsum("sa,sa->s", policy, game.reward)
+    return float(np.linalg.solve(np.eye(STATES) - GAMMA * p_pi, r_pi).mean())
+
+
+def versus_iqlma(seed: int, alpha: float = 1.0, rows: int = 40_000, steps: int = 3000) -> dict:
+    """MAMQL (both value terms) against IQL-MA on the same soft expert's rows, exact figures: the acting
+    policy's value as a share of the expert's gain over the uniform policy (1 = the expert's return),
+    the mean KL(expert || learned) over states, and the shaping-invariant reward correlation."""
+    game = random_game(seed)
+    policy = expert_policy(game, "soft", alpha)
+    data = expert_rows(game, policy, rows, seed)
+    uniform = policy_value(game, np.full((STATES, ACTIONS), 1.0 / ACTIONS))
+    gain = policy_value(game, policy) - uniform
+    out = {}
+    learned = {f"mamql/{v}": fit_critic(data, alpha, None, steps, v, game, seed).numpy() for v in ("online", "expert")}
+    w, u = (t.numpy() for t in fit_iqlma_critic(data, alpha, None, steps))
+    for name, q in [*learned.items(), ("iqlma", w)]:
+        pi = boltzmann_probs(torch.from_numpy(q), alpha).numpy()
+        r_hat = (iqlma_marginal_reward(game, w, u, alpha) if name == "iqlma"
+                 else q - GAMMA * game.transition @ soft_value(torch.from_numpy(q), alpha).numpy())
+        out[name] = {"return_share": (policy_value(game, pi) - uniform) / gain,
+                     "kl": float(np.mean(np.sum(policy * (np.log(policy) - np.log(pi)), -1))),
+                     "shaping_invariant": shaping_projected_correlation(r_hat, game.reward, game.transition, GAMMA)}
+    return out
 
 
 def expert_policy(game: MarginalGame, expert: str, alpha: float = 1.0) -> np.ndarray:
@@ -282,17 +344,18 @@ def grid_ceiling(gamma: float, sparse: bool, alpha: float = 1.0) -> dict[str, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--only", choices=["recovery", "metric"], default=None,
-                        help="recovery: the chi^2 table only; metric: the evaluate figure vs the exact one only")
+    parser.add_argument("--only", choices=["recovery", "metric", "versus"], default=None,
+                        help="recovery: the chi^2 table only; metric: the evaluate figure vs the exact one only; "
+                             "versus: MAMQL against IQL-MA only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = {}
-    for expert in ("soft", "argmax") if args.only != "metric" else ():
+    for expert in ("soft", "argmax") if args.only in (None, "recovery") else ():
         for chi2 in (math.inf, 1.0, 0.25):
             runs = [recovery(seed, expert, chi2_alpha=chi2) for seed in range(args.seeds)]
             result[f"{expert}/chi2_alpha={chi2}"] = {k: round(float(np.mean([r[k] for r in runs])), 3) for k in runs[0]}
     metric = {}  # the evaluate figure (sampled DARD) next to the exact one, both objectives, default chi^2
-    for expert in ("soft", "argmax") if args.only != "recovery" else ():
+    for expert in ("soft", "argmax") if args.only in (None, "metric") else ():
         for value_term in ("online", "expert"):
             runs = [recovery(seed, expert, value_term=value_term, metric=True) for seed in range(args.seeds)]
             metric[f"{expert}/value_term={value_term}"] = {
@@ -301,9 +364,14 @@ def main() -> None:
     if metric:  # the limit of the same figure where dynamics are local (a soft-optimal critic, exact)
         metric["grid_ceiling"] = {f"7x7 {'sparse' if sparse else 'dense'} gamma={g}": {
             k: round(v, 3) for k, v in grid_ceiling(g, sparse).items()} for sparse in (True, False) for g in (0.9, 0.99)}
+    versus = {}  # MAMQL's marginal critic against IQL-MA's conditioned one, the same soft expert's rows
+    if args.only in (None, "versus"):
+        runs = [versus_iqlma(seed) for seed in range(args.seeds)]
+        versus = {name: {k: [round(float(r[name][k]), 3) for r in runs] for k in runs[0][name]} for name in runs[0]}
     print(json.dumps({"experiment": "tabular_recovery", "seeds": args.seeds, "states": STATES, "actions": ACTIONS,
                       "partner_actions": PARTNER_ACTIONS, "gamma": GAMMA, "alpha": 1.0,
-                      **({"recovery": result} if result else {}), **({"metric": metric} if metric else {})}))
+                      **({"recovery": result} if result else {}), **({"metric": metric} if metric else {}),
+                      **({"versus_iqlma": versus} if versus else {})}))
 
 
 if __name__ == "__main__":
