@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mamql.envs.registry import env_spec
-from mamql.experiments.policy_actions import action_frequencies
+from mamql.experiments.policy_actions import action_frequencies, advantage_split
 from mamql.learner.networks import build_critics
 from mamql.learner.policy import BoltzmannPolicy
 
@@ -35,3 +35,23 @@ def test_a_state_blind_argmax_is_one_action_greedy_and_the_boltzmann_share_sampl
         assert sum(freq) == pytest.approx(1.0, abs=1e-3)
         assert freq[2] == pytest.approx(expected, abs=0.05)  # 800 draws: std 0.015
         assert max(f for i, f in enumerate(freq) if i != 2) < expected
+
+
+
+def test_advantage_split_by_hand():
+    """Q = offset (0, 2, 0) plus a state part (+1, -1, 0) in one state and (-1, +1, 0) in the other:
+    the offsets come back exactly, the state's part has std sqrt(2/3) in each state."""
+    q = np.array([[1.0, 1.0, 0.0], [-1.0, 3.0, 0.0]]) + 5.0  # a constant per state changes nothing
+    out = advantage_split(q)
+    assert out["offsets"] == pytest.approx([-2 / 3, 4 / 3, -2 / 3], abs=1e-4)
+    assert out["offset_spread"] == pytest.approx(np.std([0, 2, 0]), abs=1e-4)
+    assert out["state_spread"] == pytest.approx(np.sqrt(2 / 3), abs=1e-4)
+    assert out["offset_to_state"] == pytest.approx(np.std([0, 2, 0]) / np.sqrt(2 / 3), abs=1e-3)
+
+
+def test_state_blind_critic_reads_as_all_offset():
+    out = action_frequencies(_biased_policy("greedy", 1.0, 0.5), "kitchen", episodes=2, seed=3, advantages=True)
+    adv = out["agent_0"]["advantages"]
+    assert adv["state_spread"] == pytest.approx(0.0, abs=1e-6) and adv["offset_spread"] > 0.1
+    assert adv["offsets"][2] == pytest.approx(0.5 * 5 / 6, abs=1e-4)  # 0.5 less the mean over 6 actions
+    assert "advantages" not in action_frequencies(_biased_policy("greedy", 1.0, 0.5), "kitchen", episodes=1, seed=3)["agent_0"]
