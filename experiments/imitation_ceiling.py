@@ -134,11 +134,12 @@ def _sampled(result: dict) -> float:
     return float(np.mean(list(result["sample"]["mean_return"].values())))
 
 
-def summarize(out: Path) -> Path:
-    """table.md: mean ± std over seeds per (demos, targets): returns, their share of the expert's,
-    reward recovery (DARD) and its share of the expert-implied yardstick's."""
+def summarize(out: Path, experts: Path = OUT / "experts") -> Path:
+    """table.md: mean ± std over seeds per (demos, targets): returns, their share of the expert's on the
+    same episodes (soft_results' experts/<cell>.json), reward recovery (DARD) and its share of the
+    expert-implied yardstick's."""
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
-    expert = float(np.mean(list(json.loads((OUT / "experts" / f"{CELL}.json").read_text())["sample"].values())))
+    expert = _sampled(json.loads((experts / f"{CELL}.json").read_text()))
     lines = ["| demos | targets | seeds | sampled | greedy | sampled / expert | DARD | DARD / expert-implied |",
              "|---|---|---|---|---|---|---|---|"]
     for demos_key in DEMOS:

@@ -64,3 +64,16 @@ def test_fit_moves_towards_the_teacher(tmp_path, monkeypatch):
     assert updater.algo == "bc" and updater.step == 60 and extra["targets"] == "probs"
     after = _kl(probs, updater, demos)
     assert after < 0.5 * before, (before, after)
+
+    # the table: one row per (demos, targets), the share of the expert's return on the same episodes
+    out = tmp_path / "ceiling"
+    out.mkdir()
+    (out / "20k-probs-s0.json").write_text(json.dumps(result))
+    experts = tmp_path / "experts"
+    experts.mkdir()
+    (experts / f"{C.CELL}.json").write_text(json.dumps({"sample": {"mean_return": {"agent_0": 10.0, "agent_1": 30.0}}}))
+    table = C.summarize(out, experts).read_text().splitlines()
+    row = [x.strip() for x in table[2].split("|")[1:-1]]
+    sampled = np.mean(list(result["sample"]["mean_return"].values()))
+    assert row[:3] == ["20k", "probs", "0"] and row[3] == f"{sampled:.2f} ± 0.00"
+    assert row[5] == f"{sampled / 20.0:.0%}" and len(table) == 5
