@@ -18,8 +18,10 @@ budget; 200k shows how much of the rest is the number of states. Returns are sco
     python -m mamql.experiments.imitation_ceiling run --demos 20k 200k --targets actions probs --seeds 0
     python -m mamql.experiments.imitation_ceiling summarize
 
-Each run writes docs/results/soft/ceiling/<demos>-<targets>-s<seed>.json (command, settings, curve,
-final returns) and keeps its checkpoint under runs/imitation-ceiling/ for `mamql evaluate`.
+Each run writes docs/results/soft/ceiling/<demos>-<targets>[-<name>]-s<seed>.json (the `mamql evaluate`
+JSON plus "fit": command, settings, curve) and keeps its checkpoint under runs/imitation-ceiling/.
+`--name N --steps S --set KEY=VALUE` makes a variant of the cell's settings (e.g. the expert's own
+256 x 256 head and more updates: what the budget, not the data, allows).
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ def teacher_probs(demos: dict[str, np.ndarray], agents: list[str], teacher: str 
 
 def fit(demos_key: str, targets: str, seed: int, episodes: int, runs: Path, progress=print,
         demos_path: str | None = None, teacher: str = GEMS_EXPERT, steps: int | None = None,
-        extra: tuple[str, ...] = ()) -> dict:
+        extra: tuple[str, ...] = (), variant: str = "") -> dict:
     """Train the BC cell's network on (demos_key, targets) for its number of updates (or `steps`);
-    score it. demos_path and teacher default to DEMOS[demos_key] and the Gems soft expert."""
+    score it. demos_path and teacher default to DEMOS[demos_key] and the Gems soft expert; `extra`
+    overrides the cell's settings, `variant` names that change."""
     from mamql.config import to_dict
     from mamql.envs import env_spec
     from mamql.envs.symmetry import augment_batch, permute_action_probs
@@ -91,6 +94,7 @@ def fit(demos_key: str, targets: str, seed: int, episodes: int, runs: Path, prog
     probs = teacher_probs(demos, agents, teacher) if targets == "probs" else None
     n = len(demos["done"])
     rng = np.random.default_rng(seed)
+    name = run_name(demos_key, targets, seed, variant)
     started = time.time()
     curve = []
     for step in range(1, (steps or lc.steps) + 1):
@@ -112,10 +116,9 @@ def fit(demos_key: str, targets: str, seed: int, episodes: int, runs: Path, prog
         if step % CURVE_EVERY == 0:  # the learning curve, on the trainer's default eval episodes
             sampled = run_episodes(policy_from(updater, "sample"), spec.name, CURVE_EPISODES)["mean_return"]
             curve.append({"step": step, "sample": float(np.mean(list(sampled.values()))), "loss": float(loss.detach())})
-            progress(f"{demos_key}-{targets}-s{seed}: step {step} sampled {curve[-1]['sample']:.2f} "
+            progress(f"{name}: step {step} sampled {curve[-1]['sample']:.2f} "
                      f"({time.time() - started:.0f}s)")
     train_wall = time.time() - started
-    name = f"{demos_key}-{targets}-s{seed}"
     ckpt = save_checkpoint(runs / name / "checkpoints" / f"learner_{updater.step:08d}.pt", updater,
                     {"config_json": json.dumps(to_dict(config)), "env": spec.name, "algo": "bc", "step": updater.step,
                      "time": time.time(), "targets": targets, "demos": demos_path})
@@ -124,10 +127,15 @@ def fit(demos_key: str, targets: str, seed: int, episodes: int, runs: Path, prog
     cmd = evaluate_checkpoint_command(ckpt, CELL, episodes)
     result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     result["fit"] = {"demos": demos_path, "demos_key": demos_key, "transitions": n, "targets": targets, "seed": seed,
+                     "variant": variant,
                      "settings_of": f"soft_results {CELL} bc", "overrides": [*SHARED, *DATASETS[CELL].overrides, *extra],
                      "steps": updater.step, "teacher": teacher if targets == "probs" else None, "curve": curve,
                      "train_wall_s": round(train_wall, 1), "evaluate_command": "mamql " + shlex.join(cmd[3:])}
     return result
+
+
+def run_name(demos_key: str, targets: str, seed: int, variant: str = "") -> str:
+    return f"{demos_key}-{targets}{'-' + variant if variant else ''}-s{seed}"
 
 
 def _sampled(result: dict) -> float:
@@ -140,21 +148,22 @@ def summarize(out: Path, experts: Path = OUT / "experts") -> Path:
     expert-implied yardstick's."""
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
     expert = _sampled(json.loads((experts / f"{CELL}.json").read_text()))
-    lines = ["| demos | targets | seeds | sampled | greedy | sampled / expert | DARD | DARD / expert-implied |",
-             "|---|---|---|---|---|---|---|---|"]
-    for demos_key in DEMOS:
-        for targets in TARGETS:
-            mine = [r for r in rows if r["fit"]["demos_key"] == demos_key and r["fit"]["targets"] == targets]
-            if not mine:
-                continue
-            s = [_sampled(r) for r in mine]
-            g = [np.mean(list(r["greedy"]["mean_return"].values())) for r in mine]
-            dard = [r["reward_recovery_metric"]["mean_pearson"] for r in mine]
-            ceiling = [r["reward_recovery_yardsticks"]["expert_implied"]["mean_pearson"] for r in mine]
-            lines.append(f"| {demos_key} | {targets} | {' '.join(str(r['fit']['seed']) for r in mine)} | "
-                         f"{np.mean(s):.2f} ± {np.std(s):.2f} | {np.mean(g):.2f} ± {np.std(g):.2f} | "
-                         f"{np.mean(s) / expert:.0%} | {np.mean(dard):.3f} ± {np.std(dard):.3f} | "
-                         f"{np.mean(dard) / np.mean(ceiling):.2f} |")
+    lines = ["| demos | targets | variant | updates | seeds | sampled | greedy | sampled / expert | DARD | DARD / expert-implied |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    groups = sorted({(r["fit"]["demos_key"], r["fit"]["targets"], r["fit"].get("variant", "")) for r in rows},
+                    key=lambda g: (list(DEMOS).index(g[0]), TARGETS.index(g[1]), g[2]))
+    for demos_key, targets, variant in groups:
+        mine = [r for r in rows if (r["fit"]["demos_key"], r["fit"]["targets"], r["fit"].get("variant", ""))
+                == (demos_key, targets, variant)]
+        s = [_sampled(r) for r in mine]
+        g = [np.mean(list(r["greedy"]["mean_return"].values())) for r in mine]
+        dard = [r["reward_recovery_metric"]["mean_pearson"] for r in mine]
+        ceiling = [r["reward_recovery_yardsticks"]["expert_implied"]["mean_pearson"] for r in mine]
+        lines.append(f"| {demos_key} | {targets} | {variant or '(the cell)'} | {mine[0]['fit']['steps']} | "
+                     f"{' '.join(str(r['fit']['seed']) for r in mine)} | "
+                     f"{np.mean(s):.2f} ± {np.std(s):.2f} | {np.mean(g):.2f} ± {np.std(g):.2f} | "
+                     f"{np.mean(s) / expert:.0%} | {np.mean(dard):.3f} ± {np.std(dard):.3f} | "
+                     f"{np.mean(dard) / np.mean(ceiling):.2f} |")
     lines.append(f"\nSoft expert on the same episodes: {expert:.2f} sampled (experts/{CELL}.json). ± is the "
                  "population std over the seeds listed. Written by `python -m mamql.experiments.imitation_ceiling summarize`.")
     path = out / "table.md"
@@ -171,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, nargs="+", default=[0])
     run.add_argument("--episodes", type=int, default=64, help="evaluation episodes per mode")
     run.add_argument("--runs", default="runs/imitation-ceiling")
+    run.add_argument("--name", default="", help="a variant's name (with --steps / --set); in its file names")
+    run.add_argument("--steps", type=int, default=None, help="updates (default: the cell's)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="repeatable; on top of the cell's settings")
     summ = sub.add_parser("summarize", help="table.md from the runs' JSON")
     for p in (run, summ):
         p.add_argument("--out", default=str(OUT / "ceiling"))
@@ -181,14 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for demos_key in args.demos:
                 for targets in args.targets:
-                    path = out / f"{demos_key}-{targets}-s{seed}.json"
+                    path = out / f"{run_name(demos_key, targets, seed, args.name)}.json"
                     if path.exists():
                         print(f"{path}: done already", flush=True)
                         continue
                     result = fit(demos_key, targets, seed, args.episodes, Path(args.runs),
-                                 progress=lambda m: print(m, flush=True))
-                    result["fit"]["command"] = ("python -m mamql.experiments.imitation_ceiling run --demos "
-                                         f"{demos_key} --targets {targets} --seeds {seed} --episodes {args.episodes}")
+                                 progress=lambda m: print(m, flush=True), steps=args.steps,
+                                 extra=tuple(args.overrides), variant=args.name)
+                    variant = [*(["--name", args.name] if args.name else []), *(["--steps", str(args.steps)] if args.steps else []),
+                               *[x for o in args.overrides for x in ("--set", o)]]
+                    result["fit"]["command"] = shlex.join(
+                        ["python", "-m", "mamql.experiments.imitation_ceiling", "run", "--demos", demos_key, "--targets", targets,
+                         "--seeds", str(seed), "--episodes", str(args.episodes), *variant])
                     path.write_text(json.dumps(result, indent=1) + "\n")
                     print(f"{path}: sampled {_sampled(result):.2f} "
                           f"DARD {result['reward_recovery_metric']['mean_pearson']}", flush=True)

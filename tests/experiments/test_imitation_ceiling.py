@@ -75,5 +75,5 @@ def test_fit_moves_towards_the_teacher(tmp_path, monkeypatch):
     table = C.summarize(out, experts).read_text().splitlines()
     row = [x.strip() for x in table[2].split("|")[1:-1]]
     sampled = np.mean(list(result["sample"]["mean_return"].values()))
-    assert row[:3] == ["20k", "probs", "0"] and row[3] == f"{sampled:.2f} ± 0.00"
-    assert row[5] == f"{sampled / 20.0:.0%}" and len(table) == 5
+    assert row[:5] == ["20k", "probs", "(the cell)", "60", "0"] and row[5] == f"{sampled:.2f} ± 0.00"
+    assert row[7] == f"{sampled / 20.0:.0%}" and len(table) == 5
