@@ -11,6 +11,8 @@ Each line also splits the critic's advantages at the visited states, A(s, a) = Q
 into the per-action offset b(a) = mean_s A(s, a) and the state's part A(s, a) - b(a) (advantage_split):
 when the offsets' spread over actions exceeds the typical spread of the state's part, argmax is
 state-blind while sampling (which follows every difference, not only the largest) still tracks the state.
+And the mean entropy of the Boltzmann policy at those states (entropy_nats): a policy much softer than
+its expert's loses return when sampled even where its argmax is right (docs/results.md, Gems).
 """
 
 from __future__ import annotations
@@ -35,12 +37,20 @@ def advantage_split(q: np.ndarray) -> dict[str, Any]:
             "state_spread": round(state_spread, 4), "offset_to_state": round(offset_spread / max(state_spread, 1e-12), 3)}
 
 
+def boltzmann_entropy(q: np.ndarray, alpha: float) -> float:
+    """Mean over rows of the entropy (nats) of softmax(Q / alpha), Q [N, A]."""
+    z = q / alpha - (q / alpha).max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(np.mean(-(np.exp(logp) * logp).sum(-1)))
+
+
 def action_frequencies(policy: Any, env_name: str, episodes: int = 8, seed: int = DEFAULT_SEED,
                        advantages: bool = False) -> dict[str, dict]:
     """{agent: {"frequencies": [...], "top_action": a, "top_share": f, "steps": n}} for `policy`
     (anything with act(obs) -> {agent: actions}) over `episodes` copies of `env_name`; with advantages
-    (a policy with action_values(obs), a BoltzmannPolicy) also advantage_split's figures of each agent's
-    Q, as it acts, at the states visited."""
+    (a policy with action_values(obs) and alpha, a BoltzmannPolicy) also advantage_split's figures of
+    each agent's Q, as it acts, at the states visited, and the mean entropy (nats) of its Boltzmann
+    policy softmax(Q / alpha) there."""
     from mamql.envs.registry import env_spec
     from mamql.envs.vector import VectorEnv
 
@@ -65,7 +75,9 @@ def action_frequencies(policy: Any, env_name: str, episodes: int = 8, seed: int 
         out[agent] = {"frequencies": [round(float(f), 4) for f in freq], "top_action": int(freq.argmax()),
                       "top_share": round(float(freq.max()), 4), "steps": int(c.sum())}
         if qs.get(agent):
-            out[agent]["advantages"] = advantage_split(np.concatenate(qs[agent]))
+            q = np.concatenate(qs[agent])
+            out[agent]["advantages"] = advantage_split(q)
+            out[agent]["entropy_nats"] = round(boltzmann_entropy(q, float(policy.alpha)), 4)
     return out
 
 

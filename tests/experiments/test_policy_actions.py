@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mamql.envs.registry import env_spec
-from mamql.experiments.policy_actions import action_frequencies, advantage_split
+from mamql.experiments.policy_actions import action_frequencies, advantage_split, boltzmann_entropy
 from mamql.learner.networks import build_critics
 from mamql.learner.policy import BoltzmannPolicy
 
@@ -54,4 +54,13 @@ def test_state_blind_critic_reads_as_all_offset():
     adv = out["agent_0"]["advantages"]
     assert adv["state_spread"] == pytest.approx(0.0, abs=1e-6) and adv["offset_spread"] > 0.1
     assert adv["offsets"][2] == pytest.approx(0.5 * 5 / 6, abs=1e-4)  # 0.5 less the mean over 6 actions
+    expected = -sum(p * np.log(p) for p in np.exp([0, 0, 0.5, 0, 0, 0]) / np.exp([0, 0, 0.5, 0, 0, 0]).sum())
+    assert out["agent_0"]["entropy_nats"] == pytest.approx(expected, abs=1e-4)
     assert "advantages" not in action_frequencies(_biased_policy("greedy", 1.0, 0.5), "kitchen", episodes=1, seed=3)["agent_0"]
+
+
+def test_boltzmann_entropy_by_hand():
+    assert boltzmann_entropy(np.zeros((3, 4)), 1.0) == pytest.approx(np.log(4))
+    assert boltzmann_entropy(np.array([[0.0, np.log(3.0)]]), 1.0) == pytest.approx(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)))
+    assert boltzmann_entropy(np.array([[0.0, 100.0]]), 1.0) == pytest.approx(0.0, abs=1e-12)  # no overflow
+    assert boltzmann_entropy(np.array([[0.0, 1.0]]), 0.5) == pytest.approx(boltzmann_entropy(np.array([[0.0, 2.0]]), 1.0))
