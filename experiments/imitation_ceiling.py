@@ -15,6 +15,8 @@ The `probs` fit on 20k is what the best imitation of those states can do with th
 budget; 200k shows how much of the rest is the number of states. Returns are scored like the cells
 (64 episodes per mode on REPORT_EVAL_SEED, the expert on the same episodes in experts/gems-20k.json).
 
+    mamql collect --env gems --expert checkpoint:runs/soft-expert-gems-guided-s0-30k/checkpoints/learner_00030000.pt \
+        --transitions 200000 --actors 2 --out data/gems-soft30k-200k     # once (50 s); the 20k set's command
     python -m mamql.experiments.imitation_ceiling run --demos 20k 200k --targets actions probs --seeds 0
     python -m mamql.experiments.imitation_ceiling summarize
 
@@ -119,9 +121,9 @@ def fit(demos_key: str, targets: str, seed: int, episodes: int, runs: Path, prog
             progress(f"{name}: step {step} sampled {curve[-1]['sample']:.2f} "
                      f"({time.time() - started:.0f}s)")
     train_wall = time.time() - started
-    ckpt = save_checkpoint(runs / name / "checkpoints" / f"learner_{updater.step:08d}.pt", updater,
-                    {"config_json": json.dumps(to_dict(config)), "env": spec.name, "algo": "bc", "step": updater.step,
-                     "time": time.time(), "targets": targets, "demos": demos_path})
+    extra_record = {"config_json": json.dumps(to_dict(config)), "env": spec.name, "algo": "bc", "step": updater.step,
+                    "time": time.time(), "targets": targets, "demos": demos_path}
+    ckpt = save_checkpoint(runs / name / "checkpoints" / f"learner_{updater.step:08d}.pt", updater, extra_record)
     # scored as the cells are (returns on REPORT_EVAL_SEED, reward recovery on the cell's 20k demos): the
     # fitted logits' log-policy is its implied reward, as it is BC's
     cmd = evaluate_checkpoint_command(ckpt, CELL, episodes)
