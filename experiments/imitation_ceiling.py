@@ -15,8 +15,8 @@ The `probs` fit on 20k is what the best imitation of those states can do with th
 budget; 200k shows how much of the rest is the number of states. Returns are scored like the cells
 (64 episodes per mode on REPORT_EVAL_SEED, the expert on the same episodes in experts/gems-20k.json).
 
-    mamql collect --env gems --expert checkpoint:runs/soft-expert-gems-guided-s0-30k/checkpoints/learner_00030000.pt \
-        --transitions 200000 --actors 2 --out data/gems-soft30k-200k     # once (50 s); the 20k set's command
+    # once (50 s), as the 20k set was made: mamql collect --env gems --transitions 200000 --actors 2
+    #   --expert checkpoint:runs/soft-expert-gems-guided-s0-30k/checkpoints/learner_00030000.pt --out data/gems-soft30k-200k
     python -m mamql.experiments.imitation_ceiling run --demos 20k 200k --targets actions probs --seeds 0
     python -m mamql.experiments.imitation_ceiling summarize
 
