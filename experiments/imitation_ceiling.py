@@ -32,6 +32,7 @@ import argparse
 import json
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -215,5 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """main, with a bad setting or a missing dataset as one line (exit 2), not a traceback."""
+    from mamql.config import InputError
+
+    try:
+        return main(argv)
+    except InputError as exc:
+        print(f"imitation_ceiling: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

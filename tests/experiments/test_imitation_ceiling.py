@@ -77,3 +77,12 @@ def test_fit_moves_towards_the_teacher(tmp_path, monkeypatch):
     sampled = np.mean(list(result["sample"]["mean_return"].values()))
     assert row[:5] == ["20k", "probs", "(the cell)", "60", "0"] and row[5] == f"{sampled:.2f} ± 0.00"
     assert row[7] == f"{sampled / 20.0:.0%}" and len(table) == 5
+
+
+def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
+    assert C.cli(["run", "--seeds", "0", "--set", "learner.nope=1", "--out", str(tmp_path)]) == 2
+    assert "unknown key(s) learner.nope" in capsys.readouterr().err
+    monkeypatch.setitem(C.DEMOS, "200k", str(tmp_path / "not-collected"))
+    assert C.cli(["run", "--demos", "200k", "--targets", "actions", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "not-collected" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*-s0.json"))  # nothing written
