@@ -50,13 +50,19 @@ def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = No
     """
     from mamql.config import load_config, validate, with_updates
 
-    config = load_config(getattr(args, "config", None), getattr(args, "overrides", []))
+    import logging
+
+    overrides = list(getattr(args, "overrides", None) or [])
+    config = load_config(getattr(args, "config", None), overrides)
     sections: dict[str, dict] = {}
     for attr, key in (flags or {}).items():
         value = getattr(args, attr, None)
         if value is not None:
             section, name = key.split(".", 1)
             sections.setdefault(section, {})[name] = value
+            if any(o.split("=", 1)[0].strip() == key for o in overrides) and getattr(getattr(config, section), name) != value:
+                logging.getLogger("mamql").warning("--%s %s wins over --set %s=%s", attr.replace("_", "-"), value, key,
+                                                   getattr(getattr(config, section), name))
     return validate(with_updates(config, **sections) if sections else config)
 
 
