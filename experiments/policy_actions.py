@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mamql.experiments.experts import boltzmann_entropy
 from mamql.experiments.soft_results import REPORT_EVAL_SEED as DEFAULT_SEED  # the reported evaluation episodes
 
 
@@ -35,13 +36,6 @@ def advantage_split(q: np.ndarray) -> dict[str, Any]:
     offset_spread, state_spread = float(offset.std()), float((adv - offset).std(-1).mean())
     return {"offsets": [round(float(b), 4) for b in offset], "offset_spread": round(offset_spread, 4),
             "state_spread": round(state_spread, 4), "offset_to_state": round(offset_spread / max(state_spread, 1e-12), 3)}
-
-
-def boltzmann_entropy(q: np.ndarray, alpha: float) -> float:
-    """Mean over rows of the entropy (nats) of softmax(Q / alpha), Q [N, A]."""
-    z = q / alpha - (q / alpha).max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-    return float(np.mean(-(np.exp(logp) * logp).sum(-1)))
 
 
 def action_frequencies(policy: Any, env_name: str, episodes: int = 8, seed: int = DEFAULT_SEED,
@@ -77,7 +71,7 @@ def action_frequencies(policy: Any, env_name: str, episodes: int = 8, seed: int 
         if qs.get(agent):
             q = np.concatenate(qs[agent])
             out[agent]["advantages"] = advantage_split(q)
-            out[agent]["entropy_nats"] = round(boltzmann_entropy(q, float(policy.alpha)), 4)
+            out[agent]["entropy_nats"] = round(float(boltzmann_entropy(q, float(policy.alpha)).mean()), 4)
     return out
 
 

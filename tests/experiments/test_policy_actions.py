@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mamql.envs.registry import env_spec
-from mamql.experiments.policy_actions import action_frequencies, advantage_split, boltzmann_entropy
+from mamql.experiments.policy_actions import action_frequencies, advantage_split
 from mamql.learner.networks import build_critics
 from mamql.learner.policy import BoltzmannPolicy
 
@@ -60,6 +60,9 @@ def test_state_blind_critic_reads_as_all_offset():
 
 
 def test_boltzmann_entropy_by_hand():
+    """The entropy entropy_nats averages: experiments.experts.boltzmann_entropy, per row."""
+    from mamql.experiments.experts import boltzmann_entropy
+
     assert boltzmann_entropy(np.zeros((3, 4)), 1.0) == pytest.approx(np.log(4))
     assert boltzmann_entropy(np.array([[0.0, np.log(3.0)]]), 1.0) == pytest.approx(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)))
     assert boltzmann_entropy(np.array([[0.0, 100.0]]), 1.0) == pytest.approx(0.0, abs=1e-12)  # no overflow
