@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamql.experiments.soft_results import DATASETS, GEMS_EXPERT, OUT, SHARED, evaluate_checkpoint_command
+from mamql.experiments.soft_results import DATASETS, GEMS_EXPERT, OUT, SHARED, evaluate_checkpoint_command, mean_over_agents
 
 DEMOS = {"20k": "data/gems-soft30k-20k", "200k": "data/gems-soft30k-200k"}
 TARGETS = ("actions", "probs")
@@ -141,16 +141,12 @@ def run_name(demos_key: str, targets: str, seed: int, variant: str = "") -> str:
     return f"{demos_key}-{targets}{'-' + variant if variant else ''}-s{seed}"
 
 
-def _sampled(result: dict) -> float:
-    return float(np.mean(list(result["sample"]["mean_return"].values())))
-
-
 def summarize(out: Path, experts: Path = OUT / "experts") -> Path:
     """table.md: mean ± std over seeds per (demos, targets): returns, their share of the expert's on the
     same episodes (soft_results' experts/<cell>.json), reward recovery (DARD) and its share of the
     expert-implied yardstick's."""
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
-    expert = _sampled(json.loads((experts / f"{CELL}.json").read_text()))
+    expert = mean_over_agents(json.loads((experts / f"{CELL}.json").read_text())["sample"])
     lines = ["| demos | targets | variant | updates | seeds | sampled | greedy | sampled / expert | DARD | DARD / expert-implied |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     groups = sorted({(r["fit"]["demos_key"], r["fit"]["targets"], r["fit"].get("variant", "")) for r in rows},
@@ -158,8 +154,8 @@ def summarize(out: Path, experts: Path = OUT / "experts") -> Path:
     for demos_key, targets, variant in groups:
         mine = [r for r in rows if (r["fit"]["demos_key"], r["fit"]["targets"], r["fit"].get("variant", ""))
                 == (demos_key, targets, variant)]
-        s = [_sampled(r) for r in mine]
-        g = [np.mean(list(r["greedy"]["mean_return"].values())) for r in mine]
+        s = [mean_over_agents(r["sample"]) for r in mine]
+        g = [mean_over_agents(r["greedy"]) for r in mine]
         dard = [r["reward_recovery_metric"]["mean_pearson"] for r in mine]
         ceiling = [r["reward_recovery_yardsticks"]["expert_implied"]["mean_pearson"] for r in mine]
         lines.append(f"| {demos_key} | {targets} | {variant or '(the cell)'} | {mine[0]['fit']['steps']} | "
@@ -210,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                         ["python", "-m", "mamql.experiments.imitation_ceiling", "run", "--demos", demos_key, "--targets", targets,
                          "--seeds", str(seed), "--episodes", str(args.episodes), *variant])
                     path.write_text(json.dumps(result, indent=1) + "\n")
-                    print(f"{path}: sampled {_sampled(result):.2f} "
+                    print(f"{path}: sampled {mean_over_agents(result['sample']):.2f} "
                           f"DARD {result['reward_recovery_metric']['mean_pearson']}", flush=True)
     print(summarize(out))
     return 0

@@ -159,7 +159,7 @@ def run_cell(dataset: str, algo: str, seed: int, runs: Path, out: Path, episodes
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(path)
-    print(f"{name}: greedy {_mean(result['greedy']):.2f} sampled {_mean(result['sample']):.2f} "
+    print(f"{name}: greedy {mean_over_agents(result['greedy']):.2f} sampled {mean_over_agents(result['sample']):.2f} "
           f"reward {result['reward_recovery_metric'].get('mean_pearson')}", flush=True)
     return path
 
@@ -199,7 +199,7 @@ def evaluate_expert(dataset: str, out: Path, episodes: int) -> Path:
     path = out / "experts" / f"{dataset}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{dataset} expert: greedy {_mean(result['greedy']):.2f} sampled {_mean(result['sample']):.2f} -> {path}")
+    print(f"{dataset} expert: greedy {mean_over_agents(result['greedy']):.2f} sampled {mean_over_agents(result['sample']):.2f} -> {path}")
     return path
 
 
@@ -208,7 +208,7 @@ def _metrics_records(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
-def _mean(returns: dict) -> float:
+def mean_over_agents(returns: dict) -> float:
     """Mean over agents of a `mamql evaluate` mode's mean_return."""
     return float(np.mean(list(returns["mean_return"].values())))
 
@@ -228,7 +228,7 @@ def summary_rows(out: Path) -> list[dict]:
         r = json.loads(path.read_text())
         c = r["cell"]
         rows.append({"dataset": c["dataset"], "algo": c["algo"], "seed": c["seed"], "updates": r["step"],
-                     "greedy": round(_mean(r["greedy"]), 3), "sampled": round(_mean(r["sample"]), 3),
+                     "greedy": round(mean_over_agents(r["greedy"]), 3), "sampled": round(mean_over_agents(r["sample"]), 3),
                      "expert_sampled": c["expert_sampled"],
                      "reward_pearson": _round(r["reward_recovery_metric"].get("mean_pearson")),
                      "expert_implied_pearson": _round(_yard(r, "expert_implied")),
@@ -324,7 +324,7 @@ def plot(out: Path, rows: list[dict]) -> Path:
             ax_row[1].scatter([i] * len(vals), vals, color="k", s=10, zorder=3)
         expert_file = out / "experts" / f"{dataset}.json"
         same_episodes = expert_file.exists()
-        expert = (round(_mean(json.loads(expert_file.read_text())["sample"]), 2) if same_episodes
+        expert = (round(mean_over_agents(json.loads(expert_file.read_text())["sample"]), 2) if same_episodes
                   else mine[0]["expert_sampled"])
         ax_row[0].axhline(expert, color="k", ls="--", lw=1, label=f"soft expert, sampled ({expert}"
                           + (", same episodes)" if same_episodes else ")"))
