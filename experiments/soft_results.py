@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mamql.config import parse_override
 from mamql.experiments.plots import read_eval_records, read_evals
 
 OUT = Path("docs/results/soft")
@@ -104,8 +105,8 @@ def train_command(dataset: str, algo: str, seed: int, runs: Path, extra: tuple[s
     d = DATASETS[dataset]
     sets = [x for o in (*SHARED, *d.overrides, *extra) for x in ("--set", o)]
     # `mamql train --steps` wins over `--set learner.steps=`, so a trial's steps override goes into --steps
-    steps = next((o.split("=", 1)[1] for o in reversed(extra) if o.startswith("learner.steps=")), str(d.steps))
-    return _mamql("train", "--env", d.env, "--demos", d.demos, "--algo", algo, "--steps", steps,
+    steps = next((v for keys, v in map(parse_override, reversed(extra)) if keys == ["learner", "steps"]), d.steps)
+    return _mamql("train", "--env", d.env, "--demos", d.demos, "--algo", algo, "--steps", str(steps),
                   "--seed", str(seed), "--run-name", run_name or cell_name(dataset, algo, seed), "--no-progress",
                   *sets, "--set", f"run.root={runs}")
 

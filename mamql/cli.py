@@ -48,21 +48,22 @@ def config_from_args(args: argparse.Namespace, flags: dict[str, str] | None = No
     left at None changes nothing, and a flag given wins over --set, as a user typing both expects.
     Every command resolves its config here first, so mamql.config.validate runs before anything starts.
     """
-    from mamql.config import load_config, validate, with_updates
-
     import logging
+
+    from mamql.config import load_config, parse_override, validate, with_updates
 
     overrides = list(getattr(args, "overrides", None) or [])
     config = load_config(getattr(args, "config", None), overrides)
+    set_keys = {".".join(parse_override(o)[0]) for o in overrides}  # load_config has checked them
     sections: dict[str, dict] = {}
     for attr, key in (flags or {}).items():
         value = getattr(args, attr, None)
         if value is not None:
             section, name = key.split(".", 1)
             sections.setdefault(section, {})[name] = value
-            if any(o.split("=", 1)[0].strip() == key for o in overrides) and getattr(getattr(config, section), name) != value:
-                logging.getLogger("mamql").warning("--%s %s wins over --set %s=%s", attr.replace("_", "-"), value, key,
-                                                   getattr(getattr(config, section), name))
+            was = getattr(getattr(config, section), name)
+            if key in set_keys and was != value:
+                logging.getLogger("mamql").warning("--%s %s wins over --set %s=%s", attr.replace("_", "-"), value, key, was)
     return validate(with_updates(config, **sections) if sections else config)
 
 
