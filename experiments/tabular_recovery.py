@@ -217,6 +217,11 @@ def fit_iqlma_critic(rows: dict[str, torch.Tensor], alpha: float, chi2_alpha: fl
     return w.detach(), u.detach()
 
 
+def implied_reward(game: MarginalGame, q: np.ndarray, alpha: float) -> np.ndarray:
+    """[S, A0]: a marginal critic's implied reward Q(s, a) - gamma E_{s'}[V(s')] under the game's dynamics."""
+    return q - GAMMA * game.transition @ soft_value(torch.from_numpy(q), alpha).numpy()
+
+
 def iqlma_marginal_reward(game: MarginalGame, w: np.ndarray, u: np.ndarray, alpha: float) -> np.ndarray:
     """[S, A0]: the reward IQL-MA's critic implies, r(s, a_0, a_1) = Q(s, a_1, a_0) - gamma E[V(s', a_1')]
     with the partner's next action drawn from its policy (as `mamql evaluate` reads it), averaged over
@@ -248,8 +253,7 @@ def versus_iqlma(seed: int, alpha: float = 1.0, rows: int = 40_000, steps: int =
     w, u = (t.numpy() for t in fit_iqlma_critic(data, alpha, None, steps))
     for name, q in [*learned.items(), ("iqlma", w)]:
         pi = boltzmann_probs(torch.from_numpy(q), alpha).numpy()
-        r_hat = (iqlma_marginal_reward(game, w, u, alpha) if name == "iqlma"
-                 else q - GAMMA * game.transition @ soft_value(torch.from_numpy(q), alpha).numpy())
+        r_hat = iqlma_marginal_reward(game, w, u, alpha) if name == "iqlma" else implied_reward(game, q, alpha)
         out[name] = {"return_share": (policy_value(game, pi) - uniform) / gain,
                      "kl": float(np.mean(np.sum(policy * (np.log(policy) - np.log(pi)), -1))),
                      "shaping_invariant": shaping_projected_correlation(r_hat, game.reward, game.transition, GAMMA)}
@@ -298,7 +302,7 @@ def recovery(seed: int, expert: str, alpha: float = 1.0, chi2_alpha: float | Non
     game = random_game(seed)
     policy = expert_policy(game, expert, alpha)
     table = fit_critic(expert_rows(game, policy, rows, seed), alpha, chi2_alpha, steps, value_term, game, seed)
-    r_hat = table.numpy() - GAMMA * game.transition @ soft_value(table, alpha).numpy()
+    r_hat = implied_reward(game, table.numpy(), alpha)
     out: dict = {"raw": float(np.corrcoef(r_hat.ravel(), game.reward.ravel())[0, 1]),
                  "shaping_invariant": shaping_projected_correlation(r_hat, game.reward, game.transition, GAMMA)}
     if metric:
