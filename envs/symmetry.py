@@ -58,9 +58,10 @@ def augment_batch(batch: dict[str, Tensor], agents: list[str], perms: Tensor, ch
     """Rows of a transition batch mapped by TRANSFORMS[choice[row]] (perms, choice and the batch on
     one device): every agent's obs, next_obs and
     action with the SAME transform per row (the joint transition stays consistent). Square grids only.
-    Returns a new dict; the other fields (rewards, done) are unchanged, as symmetry preserves them."""
+    Returns a new dict; the other fields (rewards, done) are unchanged, as symmetry preserves them. A batch
+    without next_obs (a learner that reads none, like BC) is mapped without it."""
     out = dict(batch)
-    for key in [f"obs/{a}" for a in agents] + [f"next_obs/{a}" for a in agents]:
+    for key in [k for k in [f"obs/{a}" for a in agents] + [f"next_obs/{a}" for a in agents] if k in batch]:
         x = batch[key].clone()
         for t, transform in enumerate(TRANSFORMS[1:], start=1):
             rows = (choice == t).nonzero().squeeze(-1)

@@ -102,7 +102,7 @@ def fit(demos_key: str, targets: str, seed: int, episodes: int, runs: Path, prog
     curve = []
     for step in range(1, (steps or lc.steps) + 1):
         rows = rng.integers(0, n, lc.batch_size)
-        batch = {f"{k}/{a}": torch.as_tensor(demos[f"{k}/{a}"][rows]) for a in agents for k in ("obs", "next_obs", "action")}
+        batch = {f"{k}/{a}": torch.as_tensor(demos[f"{k}/{a}"][rows]) for a in agents for k in ("obs", "action")}
         choice = torch.as_tensor(rng.integers(0, 8, lc.batch_size))
         batch = augment_batch(batch, agents, updater.perms, choice)
         for agent in agents:

@@ -65,3 +65,17 @@ def test_action_probs_follow_the_actions_map():
     for b in range(40):
         for a in range(5):
             assert out[b, perms[choice[b], a]] == probs[b, a]
+
+
+def test_a_batch_without_next_obs_maps_the_same():
+    """BC reads no next_obs: augment_batch maps obs and actions exactly as it does with them."""
+    batch, _ = collect_demos("gems", 64, seed=1, num_envs=2)
+    full = {f"{k}/{a}": torch.as_tensor(batch[f"{k}/{a}"]) for a in AGENTS for k in ("obs", "next_obs", "action")}
+    perms = torch.as_tensor(action_permutations(MOVES))
+    choice = torch.arange(len(batch["done"])) % 8
+    with_next = augment_batch(full, AGENTS, perms, choice)
+    without = augment_batch({k: v for k, v in full.items() if not k.startswith("next_obs/")}, AGENTS, perms, choice)
+    assert not any(k.startswith("next_obs/") for k in without)
+    for a in AGENTS:
+        assert torch.equal(without[f"obs/{a}"], with_next[f"obs/{a}"])
+        assert torch.equal(without[f"action/{a}"], with_next[f"action/{a}"])
