@@ -248,7 +248,8 @@ class Updater:
         resumed run draws the same ones)."""
         from mamql.envs.symmetry import TRANSFORMS, augment_batch
 
-        keys = [f"{k}/{a}" for a in self.agents for k in ("obs", "next_obs", "action")]
+        fields = ("obs", "action") if self.algo == "bc" else ("obs", "next_obs", "action")  # BC reads no next_obs
+        keys = [f"{k}/{a}" for a in self.agents for k in fields]
         batch = {k: self._tensor(expert[k]) for k in keys}
         choice = torch.randint(0, len(TRANSFORMS), (len(expert["done"]),), generator=self.rng).to(self.device)
         return {**expert, **augment_batch(batch, self.agents, self.perms, choice)}
