@@ -154,22 +154,25 @@ def expert_rows(game: MarginalGame, policy: np.ndarray, rows: int, seed: int) ->
 
 def fit_critic(rows: dict[str, torch.Tensor], alpha: float, chi2_alpha: float | None, steps: int,
                value_term: str = "expert", game: MarginalGame | None = None, seed: int = 0,
-               chains: int = 256, roll_every: int = 5) -> torch.Tensor:
-    """A free Q table [S, A] minimising the MAMQL loss (full batch, Adam). value_term "expert": the
-    expert rows only. "online" (MAMQL's default, needs `game`): online rows as well, from `chains`
-    parallel rollouts of the CURRENT Boltzmann policy (and the partner) advanced one step every
-    `roll_every` updates into a replay of the latest len(rows) transitions, seeded with one step
-    of the initial (uniform) policy, as the system's actors seed theirs."""
+               chains: int = 256, roll_every: int = 5, chi2_on_policy: bool = False) -> torch.Tensor:
+    """A free Q table [S, A] (the game's sizes; random_game's without one) minimising the MAMQL loss
+    (full batch, Adam). value_term "expert": the expert rows only. "online" (MAMQL's default, needs
+    `game`): online rows as well, from `chains` parallel rollouts of the CURRENT Boltzmann policy (and
+    the partner) advanced one step every `roll_every` updates into a replay of the latest len(rows)
+    transitions (at least `chains`), seeded with one step of the initial (uniform) policy, as the
+    system's actors seed theirs. chi2_on_policy as in learner.losses.mamql_loss."""
     if value_term not in ("expert", "online"):
         raise ValueError(f"value_term must be 'expert' or 'online', got {value_term!r}")
     if value_term == "online" and game is None:
         raise ValueError("value_term 'online' rolls the learner's policy out: pass the game")
-    table = torch.nn.Parameter(torch.zeros(STATES, ACTIONS, dtype=torch.float64))
+    n_states, n_actions = game.transition.shape[:2] if game is not None else (STATES, ACTIONS)
+    table = torch.nn.Parameter(torch.zeros(n_states, n_actions, dtype=torch.float64))
     opt = torch.optim.Adam([table], lr=0.05)
     n = len(rows["s"])
+    online_rows = max(n, chains)
     rng = np.random.default_rng(seed + 7919)
-    chain = rng.integers(0, STATES, chains)
-    replay = np.zeros((3, n), dtype=np.int64)  # ring buffer of online (s, a, s')
+    chain = rng.integers(0, n_states, chains)
+    replay = np.zeros((3, online_rows), dtype=np.int64)  # ring buffer of online (s, a, s')
     filled = cursor = 0
     batch = (rows["s"], rows["a"], rows["s2"], torch.ones(n, dtype=torch.bool))
 
@@ -178,9 +181,9 @@ def fit_critic(rows: dict[str, torch.Tensor], alpha: float, chi2_alpha: float | 
         pi = boltzmann_probs(table.detach(), alpha).numpy()
         a0, a1 = _draw(rng, pi[chain]), _draw(rng, game.partner_policy[chain])
         s2 = _draw(rng, game.joint_transition[chain, a0, a1])
-        slots = (cursor + np.arange(chains)) % n
+        slots = (cursor + np.arange(chains)) % online_rows
         replay[:, slots] = np.stack([chain, a0, s2])
-        cursor, filled, chain = (cursor + chains) % n, min(n, filled + chains), s2
+        cursor, filled, chain = (cursor + chains) % online_rows, min(online_rows, filled + chains), s2
         on = torch.as_tensor(replay[:, :filled])
         return (*(torch.cat([rows[k], on[j]]) for j, k in enumerate(("s", "a", "s2"))),
                 torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(filled, dtype=torch.bool)]))
@@ -192,7 +195,7 @@ def fit_critic(rows: dict[str, torch.Tensor], alpha: float, chi2_alpha: float | 
         done = torch.zeros(len(s), dtype=torch.float64)
         opt.zero_grad()
         loss, _ = mamql_loss(table[s], table[s2], a, done, is_expert, gamma=GAMMA,
-                             alpha=alpha, value_term=value_term, chi2_alpha=chi2_alpha)
+                             alpha=alpha, value_term=value_term, chi2_alpha=chi2_alpha, chi2_on_policy=chi2_on_policy)
         loss.backward()
         opt.step()
     return table.detach()
@@ -236,7 +239,7 @@ def policy_value(game: MarginalGame, policy: np.ndarray) -> float:
     start state (exact: (I - gamma P_pi)^-1 r_pi)."""
     p_pi = np.einsum("sa,sat->st", policy, game.transition)
     r_pi = np.einsum("sa,sa->s", policy, game.reward)
-    return float(np.linalg.solve(np.eye(STATES) - GAMMA * p_pi, r_pi).mean())
+    return float(np.linalg.solve(np.eye(len(policy)) - GAMMA * p_pi, r_pi).mean())
 
 
 def versus_iqlma(seed: int, alpha: float = 1.0, rows: int = 40_000, steps: int = 3000) -> dict:
