@@ -10,9 +10,11 @@ updates exactly as the gems-20k-aug BC cell has them and changes only what it is
     targets actions  the dataset's sampled expert actions (BC itself; on 20k, the BC cell again)
     targets probs    the expert's own action probabilities at the same states (no label noise)
     demos 20k | 200k the reported 20k set, or 200k transitions of the same expert (ten times the states)
+    demos 1k         the reported 1k set (23 episodes; gems-1k's settings are the same as the cell's)
 
 The `probs` fit on 20k is what the best imitation of those states can do with this network and
-budget; 200k shows how much of the rest is the number of states. Returns are scored like the cells
+budget; 200k shows how much of the rest is the number of states; 1k what the 1k set's states allow
+any imitator (the 1k bar). Returns are scored like the cells
 (64 episodes per mode on REPORT_EVAL_SEED, the expert on the same episodes in experts/gems-20k.json).
 
     # once (50 s), as the 20k set was made: mamql collect --env gems --transitions 200000 --actors 2
@@ -41,7 +43,7 @@ import torch
 
 from mamql.experiments.soft_results import DATASETS, GEMS_EXPERT, OUT, SHARED, evaluate_checkpoint_command, mean_over_agents
 
-DEMOS = {"20k": "data/gems-soft30k-20k", "200k": "data/gems-soft30k-200k"}
+DEMOS = {"1k": "data/gems-soft30k-1k", "20k": "data/gems-soft30k-20k", "200k": "data/gems-soft30k-200k"}
 TARGETS = ("actions", "probs")
 CELL = "gems-20k-aug"  # the BC cell whose settings every run copies
 CURVE_EVERY, CURVE_EPISODES = 500, 16
