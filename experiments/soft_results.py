@@ -174,18 +174,25 @@ def run_cell(dataset: str, algo: str, seed: int, runs: Path, out: Path, episodes
 def tune(dataset: str, algo: str, seed: int, name: str, extra: tuple[str, ...], runs: Path, out: Path) -> dict:
     """One settings trial on a seed no reported cell uses: the trainer's learning curve only (its
     periodic evaluations on the default eval seed, never REPORT_EVAL_SEED), kept as
-    tuning-s<seed>/<dataset>-<algo>-<name>.jsonl with the command in its first line."""
+    tuning-s<seed>/<dataset>-<algo>-<name>.jsonl with the command in its first line. A run directory
+    that already holds the trial's final checkpoint (a trial whose tune was stopped after its training
+    finished) is recorded without training again; its train_wall_s then spans its own metrics."""
     if seed in REPORTED_SEEDS:
         raise SystemExit(f"seed {seed} is a reported seed ({REPORTED_SEEDS}); tune on another")
     run_name = f"tune-{dataset}-{algo}-{name}-s{seed}"
     cmd = train_command(dataset, algo, seed, runs, extra, run_name=run_name)
-    print(f"{run_name}: {shlex.join(cmd[2:])}", flush=True)
-    started = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    final = runs / run_name / "checkpoints" / f"learner_{int(cmd[cmd.index('--steps') + 1]):08d}.pt"
+    started, trained_before = time.time(), final.exists()
+    if trained_before:
+        print(f"{run_name}: trained already ({final}); recording its curve", flush=True)
+    else:
+        print(f"{run_name}: {shlex.join(cmd[2:])}", flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     records = _metrics_records(runs / run_name)
+    wall = records[-1]["time"] - records[0]["time"] if trained_before else time.time() - started
     sampled = read_evals(runs / run_name)[1]["sample"]
     head = {"event": "tune", "dataset": dataset, "algo": algo, "seed": seed, "name": name, "overrides": list(extra),
-            "train_command": "mamql " + shlex.join(cmd[3:]), "train_wall_s": round(time.time() - started, 1),
+            "train_command": "mamql " + shlex.join(cmd[3:]), "train_wall_s": round(wall, 1),
             "final_sampled": round(float(sampled[-1]), 3) if len(sampled) else None,
             "last4_sampled_mean": round(float(np.mean(sampled[-4:])), 3) if len(sampled) else None}
     path = out / f"tuning-s{seed}" / f"{dataset}-{algo}-{name}.jsonl"

@@ -101,6 +101,19 @@ def test_tune_keeps_the_curve_and_refuses_reported_seeds(tiny, monkeypatch):
     assert [r["step"] for r in evals] == [3, 6]
     final = np.mean([v for k, v in evals[-1].items() if k.startswith("eval/sample/")])
     assert head["final_sampled"] == pytest.approx(final, abs=1e-3)
+    # a trial whose training finished but whose file was not written (its tune stopped) is recorded
+    # from the run directory without training again
+    (out / "tuning-s5" / "tiny-mamql-wd.jsonl").unlink()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError(f"trained again: {args}")
+
+    monkeypatch.setattr(S.subprocess, "run", no_training)
+    assert S.main(["tune", *common, "--seed", "5", "--name", "wd", "--set", "learner.weight_decay=1e-3"]) == 0
+    again = [json.loads(x) for x in (out / "tuning-s5" / "tiny-mamql-wd.jsonl").read_text().splitlines()]
+    assert again[1:] == lines[1:] and again[0]["final_sampled"] == head["final_sampled"]
+    monkeypatch.undo()
+    monkeypatch.setattr(S, "DATASETS", {"tiny": dataset})
     with pytest.raises(SystemExit, match="reported seed"):
         S.main(["tune", *common, "--seed", "1", "--name", "x"])
     assert not (out / "tuning-s1").exists()
