@@ -83,6 +83,12 @@ DATASETS = {
     "gems-20k-aug-paper": Dataset("gems", "data/gems-soft30k-20k", GEMS_EXPERT, 15.13, 3000,
                                   ("learner.augment=symmetry", "learner.weight_decay=1e-5",
                                    "learner.hidden=[1024,1024]")),
+    # The 256 head with weight decay 1e-5 and 10,000 updates, chosen on seed 11 (tuning-s11/
+    # gems-20k-aug-mamql-wd1e-5-steps10000.jsonl: MAMQL 13.5 over the last four evaluations, still
+    # rising; the mean evaluation 7.5 over updates 2,250-3,000, 9.8 over 5,250-7,000, 13.0 over
+    # 8,750-10,000); ~100 min a MAMQL cell on one core.
+    "gems-20k-aug-long": Dataset("gems", "data/gems-soft30k-20k", GEMS_EXPERT, 15.13, 10_000,
+                                 ("learner.augment=symmetry", "learner.weight_decay=1e-5")),
     "gems-1k": Dataset("gems", "data/gems-soft30k-1k", GEMS_EXPERT, 15.13, 3000,
                        ("learner.augment=symmetry", "learner.weight_decay=1e-3")),
     # The kitchen: the learner's default head for it (512 x 512 MLP); gamma 0.99 as for Gems, chosen
