@@ -355,6 +355,8 @@ def main() -> None:
                         help="recovery: the chi^2 table only; metric: the evaluate figure vs the exact one only; "
                              "versus: MAMQL against IQL-MA only")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
     torch.set_num_threads(1)
     result = {}
     for expert in ("soft", "argmax") if args.only in (None, "recovery") else ():
