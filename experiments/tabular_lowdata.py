@@ -36,7 +36,7 @@ from mamql.learner.losses import bc_loss, boltzmann_probs
 
 GOAL_REWARD, ALPHA, HORIZON = 10.0, 1.0, 15
 DEMO_COUNTS = (15, 45, 150, 450, 1500)
-METHODS = ("bc", "mamql", "mamql_chi2_online")
+METHODS = ("bc", "mamql", "mamql/chi2_online")
 
 
 def grid_game(seed: int) -> MarginalGame:
@@ -90,7 +90,7 @@ def lowdata(seed: int, counts: tuple[int, ...] = DEMO_COUNTS, horizon: int = HOR
         seen[rows["s"].numpy()] = True
         tables = {"bc": fit_bc(rows, states, actions, steps),
                   "mamql": fit_critic(rows, ALPHA, None, steps, "online", game, seed),
-                  "mamql_chi2_online": fit_critic(rows, ALPHA, None, steps, "online", game, seed, chi2_on_policy=True)}
+                  "mamql/chi2_online": fit_critic(rows, ALPHA, None, steps, "online", game, seed, chi2_on_policy=True)}
         cell = {"coverage": float(seen.mean())}
         for name, table in tables.items():
             pi = boltzmann_probs(table, ALPHA).numpy()
