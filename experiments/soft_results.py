@@ -112,13 +112,18 @@ def _mamql(*args: str) -> list[str]:
     return [sys.executable, "-m", "mamql.cli", *args]
 
 
+def trial_steps(dataset: str, extra: tuple[str, ...] = ()) -> int | str:
+    """The updates a cell or trial trains for: the dataset's, or the last `learner.steps=` in `extra` (as typed)."""
+    return next((v for keys, v in map(parse_override, reversed(extra)) if keys == ["learner", "steps"]),
+                DATASETS[dataset].steps)
+
+
 def train_command(dataset: str, algo: str, seed: int, runs: Path, extra: tuple[str, ...] = (),
                   run_name: str | None = None) -> list[str]:
     d = DATASETS[dataset]
     sets = [x for o in (*SHARED, *d.overrides, *extra) for x in ("--set", o)]
     # `mamql train --steps` wins over `--set learner.steps=`, so a trial's steps override goes into --steps
-    steps = next((v for keys, v in map(parse_override, reversed(extra)) if keys == ["learner", "steps"]), d.steps)
-    return _mamql("train", "--env", d.env, "--demos", d.demos, "--algo", algo, "--steps", str(steps),
+    return _mamql("train", "--env", d.env, "--demos", d.demos, "--algo", algo, "--steps", str(trial_steps(dataset, extra)),
                   "--seed", str(seed), "--run-name", run_name or cell_name(dataset, algo, seed), "--no-progress",
                   *sets, "--set", f"run.root={runs}")
 
@@ -187,7 +192,7 @@ def tune(dataset: str, algo: str, seed: int, name: str, extra: tuple[str, ...], 
         raise SystemExit(f"seed {seed} is a reported seed ({REPORTED_SEEDS}); tune on another")
     run_name = f"tune-{dataset}-{algo}-{name}-s{seed}"
     cmd = train_command(dataset, algo, seed, runs, extra, run_name=run_name)
-    final = runs / run_name / "checkpoints" / f"learner_{int(cmd[cmd.index('--steps') + 1]):08d}.pt"
+    final = runs / run_name / "checkpoints" / f"learner_{int(trial_steps(dataset, extra)):08d}.pt"
     started, trained_before = time.time(), final.exists()
     if trained_before:
         print(f"{run_name}: trained already ({final}); recording its curve", flush=True)

@@ -30,8 +30,8 @@ import json
 import numpy as np
 import torch
 
-from mamql.experiments.tabular_recovery import (GAMMA, MarginalGame, _draw, fit_critic, grid_world,
-                                                 policy_value, soft_value_iteration)
+from mamql.experiments.tabular_recovery import (GAMMA, MarginalGame, _draw, expert_policy, fit_critic, grid_world,
+                                                 return_share)
 from mamql.learner.losses import bc_loss, boltzmann_probs
 
 GOAL_REWARD, ALPHA, HORIZON = 10.0, 1.0, 15
@@ -80,9 +80,7 @@ def lowdata(seed: int, counts: tuple[int, ...] = DEMO_COUNTS, horizon: int = HOR
     """Per demo count: coverage and, per method, return_share and max_dev_unvisited (exact figures)."""
     game = grid_game(seed)
     states, actions = game.reward.shape
-    expert = boltzmann_probs(torch.from_numpy(soft_value_iteration(game.reward, game.transition, ALPHA)), ALPHA).numpy()
-    uniform = policy_value(game, np.full((states, actions), 1.0 / actions))
-    gain = policy_value(game, expert) - uniform
+    expert = expert_policy(game, "soft", ALPHA)
     out = {}
     for n in counts:
         rows = demo_rows(game, expert, n, horizon, seed * 1000 + n)
@@ -95,7 +93,7 @@ def lowdata(seed: int, counts: tuple[int, ...] = DEMO_COUNTS, horizon: int = HOR
         for name, table in tables.items():
             pi = boltzmann_probs(table, ALPHA).numpy()
             dev = np.abs(pi[~seen] - 1.0 / actions).max() if (~seen).any() else 0.0
-            cell[name] = {"return_share": (policy_value(game, pi) - uniform) / gain, "max_dev_unvisited": float(dev)}
+            cell[name] = {"return_share": return_share(game, expert, pi), "max_dev_unvisited": float(dev)}
         out[str(n)] = cell
     return out
 

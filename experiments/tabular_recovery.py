@@ -242,6 +242,12 @@ def policy_value(game: MarginalGame, policy: np.ndarray) -> float:
     return float(np.linalg.solve(np.eye(len(policy)) - GAMMA * p_pi, r_pi).mean())
 
 
+def return_share(game: MarginalGame, expert: np.ndarray, policy: np.ndarray) -> float:
+    """`policy`'s value as a share of the `expert`'s gain over uniform play (1 = the expert's return; exact)."""
+    uniform = policy_value(game, np.full(expert.shape, 1.0 / expert.shape[1]))
+    return (policy_value(game, policy) - uniform) / (policy_value(game, expert) - uniform)
+
+
 def versus_iqlma(seed: int, alpha: float = 1.0, rows: int = 40_000, steps: int = 3000) -> dict:
     """MAMQL (both value terms) against IQL-MA on the same soft expert's rows, exact figures: the acting
     policy's value as a share of the expert's gain over the uniform policy (1 = the expert's return),
@@ -249,15 +255,13 @@ def versus_iqlma(seed: int, alpha: float = 1.0, rows: int = 40_000, steps: int =
     game = random_game(seed)
     policy = expert_policy(game, "soft", alpha)
     data = expert_rows(game, policy, rows, seed)
-    uniform = policy_value(game, np.full((STATES, ACTIONS), 1.0 / ACTIONS))
-    gain = policy_value(game, policy) - uniform
     out = {}
     learned = {f"mamql/{v}": fit_critic(data, alpha, None, steps, v, game, seed).numpy() for v in ("online", "expert")}
     w, u = (t.numpy() for t in fit_iqlma_critic(data, alpha, None, steps))
     for name, q in [*learned.items(), ("iqlma", w)]:
         pi = boltzmann_probs(torch.from_numpy(q), alpha).numpy()
         r_hat = iqlma_marginal_reward(game, w, u, alpha) if name == "iqlma" else implied_reward(game, q, alpha)
-        out[name] = {"return_share": (policy_value(game, pi) - uniform) / gain,
+        out[name] = {"return_share": return_share(game, policy, pi),
                      "kl": float(np.mean(np.sum(policy * (np.log(policy) - np.log(pi)), -1))),
                      "shaping_invariant": shaping_projected_correlation(r_hat, game.reward, game.transition, GAMMA)}
     return out
