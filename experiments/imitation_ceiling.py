@@ -83,6 +83,7 @@ def fit(demos_key: str, targets: str, seed: int, episodes: int, runs: Path, prog
     from mamql.config import to_dict
     from mamql.envs import env_spec
     from mamql.envs.symmetry import augment_batch, permute_action_probs
+    from mamql.learner.checkpoint import step_checkpoint
     from mamql.learner.demos import load_demos
     from mamql.learner.evaluate import policy_from, run_episodes
     from mamql.learner.losses import bc_loss, distill_loss
@@ -126,7 +127,7 @@ def fit(demos_key: str, targets: str, seed: int, episodes: int, runs: Path, prog
     train_wall = time.time() - started
     extra_record = {"config_json": json.dumps(to_dict(config)), "env": spec.name, "algo": "bc", "step": updater.step,
                     "time": time.time(), "targets": targets, "demos": demos_path}
-    ckpt = save_checkpoint(runs / name / "checkpoints" / f"learner_{updater.step:08d}.pt", updater, extra_record)
+    ckpt = save_checkpoint(step_checkpoint(runs / name / "checkpoints", updater.step), updater, extra_record)
     # scored as the cells are (returns on REPORT_EVAL_SEED, reward recovery on the cell's 20k demos): the
     # fitted logits' log-policy is its implied reward, as it is BC's
     cmd = evaluate_checkpoint_command(ckpt, CELL, episodes)

@@ -129,7 +129,9 @@ def train_command(dataset: str, algo: str, seed: int, runs: Path, extra: tuple[s
 
 
 def final_checkpoint(runs: Path, dataset: str, algo: str, seed: int) -> Path:
-    found = sorted((runs / cell_name(dataset, algo, seed) / "checkpoints").glob("learner_*.pt"))
+    from mamql.learner.checkpoint import step_checkpoints
+
+    found = step_checkpoints(runs / cell_name(dataset, algo, seed) / "checkpoints")
     if not found:
         raise FileNotFoundError(f"no checkpoint under {runs / cell_name(dataset, algo, seed)}")
     return found[-1]
@@ -151,6 +153,8 @@ def evaluate_checkpoint_command(checkpoint: Path, dataset: str, episodes: int, b
 
 def run_cell(dataset: str, algo: str, seed: int, runs: Path, out: Path, episodes: int) -> Path:
     """Train and evaluate one cell (unless its JSON exists); returns the JSON's path."""
+    from mamql.learner.checkpoint import step_checkpoints
+
     name = cell_name(dataset, algo, seed)
     path = out / f"{name}.json"
     if path.exists():
@@ -158,7 +162,7 @@ def run_cell(dataset: str, algo: str, seed: int, runs: Path, out: Path, episodes
         return path
     run_dir = runs / name
     started = time.time()
-    if not (run_dir / "metrics.jsonl").exists() or not list((run_dir / "checkpoints").glob("learner_*.pt")):
+    if not (run_dir / "metrics.jsonl").exists() or not step_checkpoints(run_dir / "checkpoints"):
         cmd = train_command(dataset, algo, seed, runs)
         print(f"{name}: {shlex.join(cmd[2:])}", flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -188,11 +192,13 @@ def tune(dataset: str, algo: str, seed: int, name: str, extra: tuple[str, ...], 
     tuning-s<seed>/<dataset>-<algo>-<name>.jsonl with the command in its first line. A run directory
     that already holds the trial's final checkpoint (a trial whose tune was stopped after its training
     finished) is recorded without training again; its train_wall_s then spans its own metrics."""
+    from mamql.learner.checkpoint import step_checkpoint
+
     if seed in REPORTED_SEEDS:
         raise SystemExit(f"seed {seed} is a reported seed ({REPORTED_SEEDS}); tune on another")
     run_name = f"tune-{dataset}-{algo}-{name}-s{seed}"
     cmd = train_command(dataset, algo, seed, runs, extra, run_name=run_name)
-    final = runs / run_name / "checkpoints" / f"learner_{int(trial_steps(dataset, extra)):08d}.pt"
+    final = step_checkpoint(runs / run_name / "checkpoints", int(trial_steps(dataset, extra)))
     started, trained_before = time.time(), final.exists()
     if trained_before:
         print(f"{run_name}: trained already ({final}); recording its curve", flush=True)

@@ -21,6 +21,19 @@ class CheckpointError(InputError):
     """A checkpoint path that does not exist or does not hold a checkpoint."""
 
 
+def step_checkpoint(checkpoint_dir: str | Path, step: int) -> Path:
+    """The path of the updater checkpoint at `step`: learner_<8-digit step>.pt, so that names sort by step."""
+    return Path(checkpoint_dir) / f"learner_{step:08d}.pt"
+
+
+def step_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """The updater checkpoints in a folder (step_checkpoint's names), by step, oldest first; [] when
+    there are none. Ordered by the number, not the name, so a 9-digit step still sorts last."""
+    found = [(int(m.group(1)), p) for p in Path(checkpoint_dir).glob("learner_*.pt")
+             if (m := re.fullmatch(r"learner_(\d+)\.pt", p.name))]
+    return [p for _, p in sorted(found)]
+
+
 def read_torch_checkpoint(path: str | Path, keys: tuple[str, ...] = ("updater", "extra")) -> dict:
     """torch.load(weights_only=True) on CPU of a dict holding `keys`. Any failure is a CheckpointError
     with a short reason: torch's own messages suggest weights_only=False, which must never be done with
@@ -44,6 +57,36 @@ def read_torch_checkpoint(path: str | Path, keys: tuple[str, ...] = ("updater", 
     if missing:
         raise CheckpointError(f"{path} is not a valid checkpoint: no {', '.join(map(repr, missing))} entry")
     return ckpt
+
+
+def export_acting_checkpoint(source: str | Path, out: str | Path) -> dict:
+    """Copy a learner checkpoint without what only resuming its training reads: the optimizer moments
+    (their param groups stay, with no state, so a load starts a fresh Adam) and the target critics (a
+    load starts them from the critics). About a third of the size, for an expert to commit or ship; it
+    loads wherever the source does (CheckpointExpert, `mamql evaluate`) and acts and scores the same.
+    Atomic (temp file + rename); returns {bytes, sha256, source, source_sha256, algo, step}."""
+    import hashlib
+
+    import torch
+
+    source, out = Path(source), Path(out)
+    ckpt = read_torch_checkpoint(source)
+    state = dict(ckpt["updater"])
+    if not isinstance(state.get("critics"), dict) or not isinstance(state.get("optimizers", {}), dict):
+        raise CheckpointError(f"{source} is not a valid checkpoint: no critics")
+    state["optimizers"] = {a: {"state": {}, "param_groups": o.get("param_groups", [])}
+                           for a, o in state.get("optimizers", {}).items()}
+    state.pop("targets", None)
+    source_sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    extra = {**ckpt["extra"], "exported_from": str(source), "exported_from_sha256": source_sha}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({"updater": state, "extra": extra}, tmp)
+    tmp.replace(out)
+    data = out.read_bytes()
+    return {"checkpoint": str(out), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "source": str(source), "source_sha256": source_sha, "algo": str(state.get("algo")),
+            "step": int(state.get("step", -1))}
 
 
 def save_critics(path: str | Path, critics: Mapping[str, nn.Module], metadata: Mapping[str, object] | None = None) -> None:

@@ -89,6 +89,7 @@ def run_checkpoint(run_dir: str | Path) -> Path:
     """The newest learner checkpoint of a run directory: `mamql local`'s checkpoints/learner/latest.pt,
     else `mamql train`'s newest checkpoints/learner_<step>.pt. None there is an InputError."""
     from mamql.config import InputError
+    from mamql.learner.checkpoint import step_checkpoints
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -96,7 +97,7 @@ def run_checkpoint(run_dir: str | Path) -> Path:
     local = run_dir / "checkpoints" / "learner" / "latest.pt"
     if local.is_file():
         return local
-    trained = sorted((run_dir / "checkpoints").glob("learner_*.pt"))
+    trained = step_checkpoints(run_dir / "checkpoints")
     if trained:
         return trained[-1]
     raise InputError(f"--run {run_dir}: no learner checkpoint in {run_dir / 'checkpoints'} "

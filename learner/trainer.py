@@ -43,7 +43,9 @@ def run_dir_of(config: Config) -> Path:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = sorted(Path(run_dir, "checkpoints").glob("learner_*.pt"))
+    from mamql.learner.checkpoint import step_checkpoints
+
+    found = step_checkpoints(Path(run_dir, "checkpoints"))
     return found[-1] if found else None
 
 
@@ -146,9 +148,10 @@ class Trainer:
         return out
 
     def checkpoint(self) -> Path:
+        from mamql.learner.checkpoint import step_checkpoint, step_checkpoints
         from mamql.learner.updater import save_checkpoint
 
-        path = self.ckpt_dir / f"learner_{self.updater.step:08d}.pt"
+        path = step_checkpoint(self.ckpt_dir, self.updater.step)
         save_checkpoint(path, self.updater, {
             "config_json": json.dumps(to_dict(self.config)),
             "env": self.config.env.name,
@@ -157,7 +160,7 @@ class Trainer:
             "time": time.time(),
         })
         keep = max(1, self.config.learner.keep_checkpoints)
-        for old in sorted(self.ckpt_dir.glob("learner_*.pt"))[:-keep]:
+        for old in step_checkpoints(self.ckpt_dir)[:-keep]:
             old.unlink(missing_ok=True)
         self.written_checkpoint = path
         return path

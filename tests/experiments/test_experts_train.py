@@ -23,6 +23,17 @@ def _experts_train(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
+def _tiny_expert(out: Path, run_name: str, seed: int, steps: int = 6) -> subprocess.CompletedProcess:
+    """A few updates of the committed Gems config with a tiny critic, one evaluation episode."""
+    args = ["--env", "gems", "--steps", str(steps), "--seed", str(seed), "--out", str(out), "--run-name", run_name,
+            "--eval-episodes", "1"]
+    for item in TINY:
+        args += ["--set", item]
+    proc = _experts_train(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_committed_configs_are_soft_q():
     configs = sorted(CONFIG_DIR.glob("*.yaml"))
     assert [p.stem for p in configs][:1] == ["gems"]
@@ -77,11 +88,7 @@ def test_bad_input_is_one_error_line_and_no_run_dir(tmp_path):
 
 
 def test_resume_continues_a_run_with_its_own_config(tmp_path):
-    args = ["--env", "gems", "--steps", "6", "--seed", "3", "--out", str(tmp_path), "--run-name", "r", "--eval-episodes", "1"]
-    for item in TINY:
-        args += ["--set", item]
-    first = _experts_train(*args)
-    assert first.returncode == 0, first.stderr[-3000:]
+    _tiny_expert(tmp_path, "r", seed=3)
     # no --env, no --set: the run's saved config (tiny critic, seed 3) is used, up to the new --steps
     again = _experts_train("--resume", "--run-name", "r", "--out", str(tmp_path), "--steps", "12", "--eval-episodes", "1")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -91,3 +98,44 @@ def test_resume_continues_a_run_with_its_own_config(tmp_path):
     assert load_config(tmp_path / "r" / "config.yaml").learner.hidden == (16,)
     missing = _experts_train("--resume", "--run-name", "nothing", "--out", str(tmp_path), "--env", "gems")
     assert missing.returncode == 2 and "--resume: no run directory" in missing.stderr
+
+
+def _experts_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mamql.cli", "experts", "export", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_export_keeps_what_acts_and_scores_and_drops_the_rest(tmp_path):
+    import torch
+
+    from mamql.envs.vector import VectorEnv
+    from mamql.learner.evaluate import load_expert_updater
+    from mamql.learner.policy import CheckpointExpert
+
+    trained = _tiny_expert(tmp_path, "e", seed=4)
+    source = Path(json.loads(trained.stdout.strip().splitlines()[-1])["checkpoint"])
+    out = tmp_path / "shipped" / "gems.pt"
+    proc = _experts_export(str(source), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip())
+    assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest() and record["bytes"] == out.stat().st_size
+    assert record["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert (record["algo"], record["step"], record["env"], record["expert"]) == ("soft-q", 6, "gems", f"checkpoint:{out}")
+    assert out.stat().st_size < 0.5 * source.stat().st_size  # no Adam moments, no target critics
+    state = torch.load(out, weights_only=True)["updater"]
+    assert "targets" not in state and all(o["state"] == {} for o in state["optimizers"].values())
+
+    # acts exactly as the source, and `mamql evaluate` rebuilds it as the expert yardstick
+    obs = VectorEnv("gems", 3, seed=0).reset()
+    a, b = CheckpointExpert(str(source)).policy(mode="greedy"), CheckpointExpert(str(out)).policy(mode="greedy")
+    for agent, q in a.action_values(obs).items():
+        np.testing.assert_array_equal(q, b.action_values(obs)[agent])
+    updater, info = load_expert_updater(out, "gems")
+    assert info["step"] == 6 and info["sha256"] == record["sha256"] and updater.step == 6
+
+    again = _experts_export(str(out), "--out", str(out))
+    assert again.returncode == 2 and "--out must differ" in again.stderr
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    junk = _experts_export(str(tmp_path / "junk.pt"), "--out", str(tmp_path / "x.pt"))
+    assert junk.returncode == 2 and len(junk.stderr.strip().splitlines()) == 1 and "not a valid checkpoint" in junk.stderr
+    assert not (tmp_path / "x.pt").exists()

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from mamql.config import InputError
+from mamql.learner.checkpoint import step_checkpoint, step_checkpoints
 from mamql.learner.evaluate import run_checkpoint, run_demos, run_dir_of
 
 
@@ -45,11 +46,20 @@ def test_train_run_newest_checkpoint_and_its_demos(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("{}\n")
     for step in (500, 1500, 1000):
-        (run / "checkpoints" / f"learner_{step:08d}.pt").write_bytes(b"x")
+        step_checkpoint(run / "checkpoints", step).write_bytes(b"x")
     (run / "demos.npz").write_bytes(b"x")
     checkpoint = run_checkpoint(run)
     assert checkpoint.name == "learner_00001500.pt"
     assert run_dir_of(checkpoint) == run.resolve() and run_demos(run) == run / "demos.npz"
+
+
+def test_step_checkpoints_sort_by_step_and_skip_other_names(tmp_path):
+    for step in (100_000_000, 7, 99_999_999):
+        step_checkpoint(tmp_path, step).write_bytes(b"x")
+    (tmp_path / "learner_best.pt").write_bytes(b"x")
+    assert [p.name for p in step_checkpoints(tmp_path)] == [
+        "learner_00000007.pt", "learner_99999999.pt", "learner_100000000.pt"]
+    assert step_checkpoints(tmp_path / "absent") == []
 
 
 def test_missing_pieces_are_input_errors_or_none(tmp_path):
