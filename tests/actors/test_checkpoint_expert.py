@@ -96,6 +96,22 @@ def test_collect_and_envs_play_with_a_checkpoint_expert(ckpt, tmp_path):
     assert f"expert: checkpoint {ckpt} (mamql step 2, sample at alpha 1" in play and "mean over 2 episodes" in play
 
 
+def test_one_actor_collection_is_the_same_dataset_every_time(ckpt, tmp_path):
+    """With --actors 1 the sampled expert's dataset is a function of env.seed and the checkpoint (what
+    lets a lost dataset be collected again); several actors race to the target, so theirs is not."""
+    from mamql.replay.dataset import load_dataset
+
+    batches = []
+    for out in ("a", "b"):
+        ok(mamql(tmp_path, "collect", "--expert", f"checkpoint:{ckpt}", "--transitions", "120", "--actors", "1",
+                 "--num-envs", "3", "--out", out, "--no-progress"))
+        batches.append(load_dataset(tmp_path / out))
+    assert set(batches[0]) == set(batches[1]) and len(batches[0]["done"]) >= 120
+    for key, value in batches[0].items():
+        np.testing.assert_array_equal(value, batches[1][key], err_msg=key)
+    assert len(np.unique(batches[0]["action/agent_0"])) > 1  # it sampled: the equality is not a constant policy's
+
+
 def test_wrong_env_and_bad_files_are_one_line(ckpt, tmp_path):
     one_line_error(mamql(tmp_path, "envs", "play", "--env", "kitchen", "--expert", f"checkpoint:{ckpt}"),
                    "envs play", "trained on env 'gems', not 'kitchen'")
