@@ -18,7 +18,9 @@ dataset and algo) and summary.png (returns, reward recovery, learning curves) fr
     python -m mamql.experiments.soft_results summarize
     python -m mamql.experiments.soft_results tune --dataset gems-20k --algo mamql --name aug --set learner.augment=symmetry
 
-A cell whose JSON exists is skipped, so a suite runs in pieces across sessions. BC runs first for
+A dataset with a collection recipe (Dataset.collect) is collected by `run`, `tune` or `data` when it
+is missing; the Gems expert it comes from is committed (experiments/experts/gems.pt), so a clean
+clone needs nothing else. A cell whose JSON exists is skipped, so a suite runs in pieces across sessions. BC runs first for
 each (dataset, seed): its checkpoint is the BC log-policy yardstick of the other two algos' cells.
 The settings (DATASETS, SHARED) were chosen on seed 11, which no reported cell uses.
 """
@@ -56,6 +58,10 @@ class Dataset:
     expert_sampled: float  # the expert's own sampled return per agent (docs/results.md, soft experts)
     steps: int
     overrides: tuple[str, ...] = ()
+    # `mamql collect` arguments (all but --out) that regenerate `demos` row for row (one actor: docs/
+    # datasets.md, Reproducibility); `run` and `tune` collect a missing dataset with them. Empty: the
+    # dataset was collected by hand and cannot be regenerated exactly (docs/results.md says how).
+    collect: tuple[str, ...] = ()
 
 
 # Chosen on seed 11 (docs/results/soft/tuning-s11/): with the expert's discount 0.9 MAMQL's critics
@@ -69,7 +75,15 @@ class Dataset:
 SHARED = ("learner.hidden=[256]", "learner.alpha=1.0", "learner.gamma=0.99", "learner.torch_threads=1",
           "learner.eval_every=250", "learner.eval_episodes=16", "learner.log_every=100",
           "learner.checkpoint_every=0", "learner.keep_checkpoints=1")
-GEMS_EXPERT = "runs/soft-expert-gems-guided-s0-30k/checkpoints/learner_00030000.pt"
+# The Gems soft expert, committed: `mamql experts export` of runs/soft-expert-gems-guided-s0-30k/
+# checkpoints/learner_00030000.pt (`mamql experts train --env gems`, 1.5 hours on 2 CPU cores), the
+# critics only (docs/results/soft-expert-gems-export.json). The cells before 2026-12-01 name that
+# checkpoint; its critics are the same.
+GEMS_EXPERT = "experiments/experts/gems.pt"
+# The first Gems datasets (data/gems-soft30k-*) were collected with 2 actors, so they cannot be
+# collected again row for row; the cells that used them record it in their train_command. Newer keys
+# use data/gems-soft-20k, collected by one actor from the committed expert (the same rows every time).
+GEMS_SOFT_20K = ("--expert", f"checkpoint:{GEMS_EXPERT}", "--transitions", "20000", "--actors", "1")
 DATASETS = {
     "gems-20k": Dataset("gems", "data/gems-soft30k-20k", GEMS_EXPERT, 15.13, 3000),
     # The same 20k set with the grid's symmetries and weight decay 1e-3, chosen on seed 11
@@ -87,8 +101,9 @@ DATASETS = {
     # gems-20k-aug-mamql-wd1e-5-steps10000.jsonl: MAMQL 13.5 over the last four evaluations, still
     # rising; the mean evaluation 7.5 over updates 2,250-3,000, 9.8 over 5,250-7,000, 13.0 over
     # 8,750-10,000); ~100 min a MAMQL cell on one core.
-    "gems-20k-aug-long": Dataset("gems", "data/gems-soft30k-20k", GEMS_EXPERT, 15.13, 10_000,
-                                 ("learner.augment=symmetry", "learner.weight_decay=1e-5")),
+    # Its reported cells learn from data/gems-soft-20k (the seed-11 trial from the first 20k set).
+    "gems-20k-aug-long": Dataset("gems", "data/gems-soft-20k", GEMS_EXPERT, 15.13, 10_000,
+                                 ("learner.augment=symmetry", "learner.weight_decay=1e-5"), GEMS_SOFT_20K),
     "gems-1k": Dataset("gems", "data/gems-soft30k-1k", GEMS_EXPERT, 15.13, 3000,
                        ("learner.augment=symmetry", "learner.weight_decay=1e-3")),
     # The kitchen: the learner's default head for it (512 x 512 MLP); gamma 0.99 as for Gems, chosen
@@ -102,6 +117,25 @@ DATASETS = {
                                  "runs/soft-expert-mpe-adversary-s0/checkpoints/learner_00008000.pt", -1.41, 3000,
                                  ("learner.hidden=[128,128]",)),
 }
+
+
+def ensure_demos(dataset: str) -> Path:
+    """The dataset's demos directory, collected first (with its recipe) when it is not there yet. A
+    partial directory, or a missing one without a recipe, is a SystemExit saying what to do."""
+    d = DATASETS[dataset]
+    demos = Path(d.demos)
+    manifest = demos / "manifest.json"
+    if demos.is_file() or (manifest.is_file() and json.loads(manifest.read_text()).get("complete")):
+        return demos  # a .npz file, or a finished dataset directory
+    if demos.exists():
+        raise SystemExit(f"{demos} is incomplete (no complete manifest): delete it, and `run` collects it again")
+    if not d.collect:
+        raise SystemExit(f"{demos} is missing and dataset {dataset!r} has no collection recipe "
+                         "(it was collected by hand, docs/results.md)")
+    cmd = _mamql("collect", "--env", d.env, *d.collect, "--out", str(demos), "--no-progress")
+    print(f"{dataset}: collecting {demos}: {shlex.join(cmd[2:])}", flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return demos
 
 
 def cell_name(dataset: str, algo: str, seed: int) -> str:
@@ -413,14 +447,20 @@ def main(argv: list[str] | None = None) -> int:
     tun.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="repeatable; on top of the dataset's settings")
     tun.add_argument("--runs", default="runs/soft-tuning")
+    data = sub.add_parser("data", help="collect the dataset's demos if they are missing (`run` and `tune` do too)")
+    data.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     summ = sub.add_parser("summarize", help="summary.csv, table.csv, table.md and summary.png from the cells' JSON")
-    for p in (run, exp, tun, summ):
+    for p in (run, exp, tun, data, summ):
         p.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.command == "expert":
         evaluate_expert(args.dataset, out, args.episodes)
+        return 0
+    if args.command in ("run", "tune", "data"):
+        ensure_demos(args.dataset)
+    if args.command == "data":
         return 0
     if args.command == "tune":
         tune(args.dataset, args.algo, args.seed, args.name, tuple(args.overrides), Path(args.runs), out)

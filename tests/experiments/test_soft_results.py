@@ -125,3 +125,30 @@ def test_a_trial_steps_override_reaches_mamql_train():
     assert cmd[cmd.index("--steps") + 1] == "8000"
     cmd = S.train_command("gems-20k-aug", "mamql", 11, Path("runs"))
     assert cmd[cmd.index("--steps") + 1] == str(S.DATASETS["gems-20k-aug"].steps)
+
+
+def test_a_missing_dataset_is_collected_by_its_recipe_once(tmp_path, monkeypatch, capsys):
+    recipe = ("--expert", "scripted", "--transitions", "100", "--actors", "1", "--num-envs", "2")
+    monkeypatch.setattr(S, "DATASETS", {
+        "has-recipe": S.Dataset("gems", str(tmp_path / "d"), "unused.pt", 1.0, 1, collect=recipe),
+        "by-hand": S.Dataset("gems", str(tmp_path / "gone"), "unused.pt", 1.0, 1)})
+    out = ["--out", str(tmp_path / "out")]
+    assert S.main(["data", "--dataset", "has-recipe", *out]) == 0
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert manifest["complete"] and 100 <= manifest["counts"]["transitions"] < 100 + 45
+    assert "collecting" in capsys.readouterr().out
+    stamp = (tmp_path / "d" / "manifest.json").stat().st_mtime_ns
+    assert S.main(["data", "--dataset", "has-recipe", *out]) == 0  # there already: not collected again
+    assert (tmp_path / "d" / "manifest.json").stat().st_mtime_ns == stamp and "collecting" not in capsys.readouterr().out
+
+    with pytest.raises(SystemExit, match="no collection recipe"):
+        S.main(["run", "--dataset", "by-hand", *out])
+    (tmp_path / "gone").mkdir()
+    with pytest.raises(SystemExit, match="incomplete .* delete it"):
+        S.main(["data", "--dataset", "by-hand", *out])
+
+
+def test_the_long_gems_cells_collect_from_the_committed_expert():
+    d = S.DATASETS["gems-20k-aug-long"]
+    assert d.expert_checkpoint == S.GEMS_EXPERT and f"checkpoint:{S.GEMS_EXPERT}" in d.collect
+    assert d.collect[d.collect.index("--actors") + 1] == "1"  # one actor: the same rows every time
